@@ -1,0 +1,42 @@
+# One virtual environment per checkout; every target that needs it depends on it.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+VAR    ?= var
+
+.PHONY: venv run test test-slow test-all lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## The main job on embedded defaults: simulate cohorts, validate them through the catalogue.
+run: $(STAMP)
+	$(BIN)/python -m training.main_job --workdir $(VAR)
+
+lint: $(STAMP)
+	$(BIN)/ruff check models training serving tests benchmarks
+	$(BIN)/ruff format --check models training serving tests benchmarks
+	$(BIN)/mypy
+
+## Fast tier: lint, type check and the default pytest selection.
+test: lint
+	$(BIN)/pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -m slow
+
+test-all: lint
+	$(BIN)/pytest -q -m "slow or not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_validate.py
+	$(BIN)/python benchmarks/bench_simulate.py
+
+clean:
+	rm -rf $(VENV) $(VAR) .pytest_cache .mypy_cache .ruff_cache .hypothesis
