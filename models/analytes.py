@@ -147,7 +147,9 @@ class Analyte(_Frozen):
     def _ambiguous_are_accepted(self) -> Analyte:
         unknown = set(self.ambiguous_units) - set(self.units)
         if unknown:
-            raise ValueError(f"{self.code}: ambiguous units {sorted(unknown)} are not accepted units")
+            raise ValueError(
+                f"{self.code}: ambiguous units {sorted(unknown)} are not accepted units"
+            )
         return self
 
     @model_validator(mode="after")

@@ -251,7 +251,9 @@ def parse_spec(data: Any, source: str = "<spec>") -> ModelSpec:
 def spec_names() -> list[str]:
     """Names of the specs shipped in `models/specs/`."""
     folder = resources.files("models") / "specs"
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def load_spec(name_or_path: str | Path) -> ModelSpec:

@@ -19,6 +19,7 @@ import numpy.typing as npt
 from models.analytes import Analyte, UnitConversion
 
 _SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
+_SUPERSCRIPT_RUN = re.compile("[⁰¹²³⁴⁵⁶⁷⁸⁹]+")
 _POWER_OF_TEN = re.compile(r"^(?:x|\*)?10(?:\^|\*\*|\*|e)(\d+)(?=/)")
 _ANNOTATION = re.compile(r"\{([^}]*)\}")
 
@@ -35,7 +36,7 @@ class UnknownUnitError(ValueError):
 
 def unit_key(unit: str) -> str:
     """Normalise a unit spelling so that equivalent spellings compare equal."""
-    key = unit.strip().translate(_SUPERSCRIPTS)
+    key = _SUPERSCRIPT_RUN.sub(lambda m: "^" + m.group(0).translate(_SUPERSCRIPTS), unit.strip())
     key = key.replace("µ", "u").replace("μ", "u").replace("×", "x").replace("·", ".")
     key = "".join(key.split()).lower()
     key = _POWER_OF_TEN.sub(lambda m: f"10*{m.group(1)}", key)
@@ -62,7 +63,8 @@ class UnitMatch:
 _TABLES: dict[int, tuple[Analyte, dict[str, UnitMatch]]] = {}
 
 
-def _table(analyte: Analyte) -> dict[str, UnitMatch]:
+def unit_table(analyte: Analyte) -> dict[str, UnitMatch]:
+    """Normalised unit key -> accepted unit, for one analyte (built once, then cached)."""
     cached = _TABLES.get(id(analyte))
     if cached is not None and cached[0] is analyte:
         return cached[1]
@@ -76,22 +78,27 @@ def _table(analyte: Analyte) -> dict[str, UnitMatch]:
     return table
 
 
+def canonical_match(analyte: Analyte) -> UnitMatch:
+    """The analyte's own canonical unit (what an undeclared unit is taken to be)."""
+    return unit_table(analyte)[unit_key(analyte.unit)]
+
+
 def match_unit(analyte: Analyte, unit: str) -> UnitMatch:
     """The accepted unit a declared spelling stands for; raises `UnknownUnitError`."""
-    match = _table(analyte).get(unit_key(unit))
+    match = unit_table(analyte).get(unit_key(unit))
     if match is None:
         raise UnknownUnitError(analyte, unit)
     return match
 
 
 def is_accepted(analyte: Analyte, unit: str) -> bool:
-    return unit_key(unit) in _table(analyte)
+    return unit_key(unit) in unit_table(analyte)
 
 
 def to_canonical(analyte: Analyte, value: float, unit: str) -> float:
     """`value` in `unit` expressed in the analyte's canonical unit."""
     conversion = match_unit(analyte, unit).conversion
-    return _apply(value, conversion)
+    return apply_conversion(value, conversion)
 
 
 def from_canonical(analyte: Analyte, value: float, unit: str) -> float:
@@ -99,7 +106,7 @@ def from_canonical(analyte: Analyte, value: float, unit: str) -> float:
     return match_unit(analyte, unit).conversion.from_canonical(value)
 
 
-def _apply(value: float, conversion: UnitConversion) -> float:
+def apply_conversion(value: float, conversion: UnitConversion) -> float:
     # The offset is added only when present so that scalar and vector paths round identically.
     scaled = value * conversion.factor
     return scaled + conversion.offset if conversion.offset else scaled
@@ -121,10 +128,10 @@ def alternative_readings(analyte: Analyte, value: float, declared: str) -> list[
     """
     declared_key = unit_key(declared)
     readings = []
-    for key, match in _table(analyte).items():
+    for key, match in unit_table(analyte).items():
         if key == declared_key:
             continue
-        canonical = _apply(value, match.conversion)
+        canonical = apply_conversion(value, match.conversion)
         if analyte.limits.contains(canonical):
             readings.append((match.unit, canonical))
     return readings

@@ -24,7 +24,15 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.analytes import AGE_LIMITS, CATALOGUE, PANEL_CORE, Analyte, Catalogue, Sex
-from models.units import UnitMatch, _table, alternative_readings, to_canonical_array, unit_key
+from models.units import (
+    UnitMatch,
+    alternative_readings,
+    apply_conversion,
+    canonical_match,
+    to_canonical_array,
+    unit_key,
+    unit_table,
+)
 
 Severity = Literal["error", "warning"]
 FloatArray = npt.NDArray[np.float64]
@@ -108,7 +116,7 @@ def message_out_of_limits(analyte: Analyte, value: float, unit: str, canonical: 
         f"(limits {analyte.limits.describe()} {analyte.display_unit})"
     )
     hints = [
-        f"{_g(value)} {alt} = {_g(reading)} {analyte.display_unit}"
+        f"{_g(value)} {alt} = {_g(round(reading, analyte.decimals))} {analyte.display_unit}"
         for alt, reading in alternative_readings(analyte, value, unit)
     ]
     return text + ("; " + " or ".join(hints) + "?" if hints else "")
@@ -209,29 +217,37 @@ RULES: tuple[Rule, ...] = (
         "albumin_exceeds_total_protein",
         "albumin",
         _flag_albumin,
-        lambda v, i: f"albumin {_g(_at(v, 'albumin', i))} g/L is greater than "
-        f"total protein {_g(_at(v, 'total_protein', i))} g/L",
+        lambda v, i: (
+            f"albumin {_g(_at(v, 'albumin', i))} g/L is greater than "
+            f"total protein {_g(_at(v, 'total_protein', i))} g/L"
+        ),
     ),
     Rule(
         "mch_inconsistent",
         "mch",
         _flag_mch,
-        lambda v, i: f"MCH {_g(_at(v, 'mch', i))} pg differs by more than 10% from "
-        f"Hb/RBC = {_at(v, 'haemoglobin', i) / _at(v, 'rbc', i):.3g} pg",
+        lambda v, i: (
+            f"MCH {_g(_at(v, 'mch', i))} pg differs by more than 10% from "
+            f"Hb/RBC = {_at(v, 'haemoglobin', i) / _at(v, 'rbc', i):.3g} pg"
+        ),
     ),
     Rule(
         "globulin_inconsistent",
         "globulin",
         _flag_globulin,
-        lambda v, i: f"globulin {_g(_at(v, 'globulin', i))} g/L differs from total protein - "
-        f"albumin = {_g(_at(v, 'total_protein', i) - _at(v, 'albumin', i))} g/L",
+        lambda v, i: (
+            f"globulin {_g(_at(v, 'globulin', i))} g/L differs from total protein - "
+            f"albumin = {_g(_at(v, 'total_protein', i) - _at(v, 'albumin', i))} g/L"
+        ),
     ),
     Rule(
         "possible_haemolysis",
         "potassium",
         _flag_haemolysis,
-        lambda v, i: f"potassium {_g(_at(v, 'potassium', i))} mmol/L is above "
-        f"{_g(HAEMOLYSIS_POTASSIUM)}; consider a haemolysed or delayed sample",
+        lambda v, i: (
+            f"potassium {_g(_at(v, 'potassium', i))} mmol/L is above "
+            f"{_g(HAEMOLYSIS_POTASSIUM)}; consider a haemolysed or delayed sample"
+        ),
     ),
 )
 
@@ -343,12 +359,16 @@ def validate_record(
                 _issue("duplicate_analyte", analyte.code, f"{analyte.name} is given twice")
             )
             continue
-        raw, unit = (entry.get("value"), entry.get("unit")) if isinstance(entry, Mapping) else (
-            entry,
-            None,
+        raw, unit = (
+            (entry.get("value"), entry.get("unit"))
+            if isinstance(entry, Mapping)
+            else (
+                entry,
+                None,
+            )
         )
-        if raw is None:
-            continue
+        if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+            continue  # absent, as an empty cell is in a frame
         provided.add(analyte.code)
         canonical, unit_issues, conversion = _check_value(analyte, raw, unit)
         issues.extend(unit_issues)
@@ -386,17 +406,17 @@ def _check_value(
         return None, [_issue("not_a_number", analyte.code, message)], None
     issues: list[Issue] = []
     if unit is None or (isinstance(unit, str) and not unit.strip()):
-        match = UnitMatch(analyte.unit, _table(analyte)[unit_key(analyte.unit)].conversion)
+        match = canonical_match(analyte)
         declared = analyte.unit
         issues.append(_issue("unit_assumed", analyte.code, message_assumed(analyte)))
     else:
         declared = str(unit)
-        found = _table(analyte).get(unit_key(declared))
+        found = unit_table(analyte).get(unit_key(declared))
         if found is None:
             message = message_unknown_unit(analyte, declared)
             return None, [_issue("unknown_unit", analyte.code, message)], None
         match = found
-    canonical = float(to_canonical_array(np.float64(value), match.conversion))
+    canonical = apply_conversion(value, match.conversion)
     if not analyte.limits.contains(canonical):
         message = message_out_of_limits(analyte, value, declared, canonical)
         return None, [*issues, _issue("out_of_limits", analyte.code, message)], None
@@ -408,9 +428,7 @@ def _check_value(
     return canonical, issues, conversion
 
 
-def _eligibility_issues_record(
-    provided: set[str], eligibility: Eligibility | None
-) -> list[Issue]:
+def _eligibility_issues_record(provided: set[str], eligibility: Eligibility | None) -> list[Issue]:
     if eligibility is None:
         return []
     issues = []
@@ -486,13 +504,16 @@ def validate_frame(
     for code in (c for c in frame.columns if c in catalogue):
         analyte = catalogue[code]
         unit_source: pd.Series | str = (
-            frame[f"{code}_unit"] if f"{code}_unit" in frame.columns else
-            (units or {}).get(code, analyte.unit)
+            frame[f"{code}_unit"]
+            if f"{code}_unit" in frame.columns
+            else (units or {}).get(code, analyte.unit)
         )
         values[code], provided[code] = _check_column(analyte, frame[code], unit_source, out)
 
-    age = pd.to_numeric(frame["age"], errors="coerce").to_numpy(np.float64) if "age" in frame else (
-        np.full(n, np.nan)
+    age = (
+        pd.to_numeric(frame["age"], errors="coerce").to_numpy(np.float64)
+        if "age" in frame
+        else (np.full(n, np.nan))
     )
     bad_age = ~(_age_ok(age, eligibility) & _age_ok(age, None))
     rows = np.flatnonzero(bad_age)
@@ -523,14 +544,19 @@ def validate_frame(
 def _check_column(
     analyte: Analyte, column: pd.Series, unit_source: pd.Series | str, out: _Collector
 ) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
-    """Convert one analyte column to canonical; invalid cells become NaN and raise issues."""
+    """Convert one analyte column to canonical; invalid cells become NaN and raise issues.
+
+    Returns the canonical values and which cells were given at all (valid or not).
+    """
     code = analyte.code
     raw_objects = column.to_numpy(dtype=object)
     numeric = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
     given = column.notna().to_numpy()
     finite = np.isfinite(numeric)
     rows = np.flatnonzero(given & ~finite)
-    out.add("not_a_number", code, rows, [message_not_a_number(analyte, raw_objects[i]) for i in rows])
+    out.add(
+        "not_a_number", code, rows, [message_not_a_number(analyte, raw_objects[i]) for i in rows]
+    )
     present = given & finite
     result = np.full(len(column), np.nan)
 
@@ -550,12 +576,12 @@ def _check_column(
             continue
         rows = np.flatnonzero(mask)
         if unit is None:
-            match = UnitMatch(analyte.unit, _table(analyte)[unit_key(analyte.unit)].conversion)
+            match = canonical_match(analyte)
             out.add("unit_assumed", code, rows, message_assumed(analyte))
             declared = analyte.unit
         else:
             declared = str(unit)
-            found = _table(analyte).get(unit_key(declared))
+            found = unit_table(analyte).get(unit_key(declared))
             if found is None:
                 out.add("unknown_unit", code, rows, message_unknown_unit(analyte, declared))
                 continue
@@ -578,7 +604,7 @@ def _check_column(
             out.add("unit_converted", code, good, message_converted(analyte, match))
         if match.unit in analyte.ambiguous_units:
             out.add("ambiguous_unit", code, good, message_ambiguous(analyte, match))
-    return result, present
+    return result, given
 
 
 def _inside(values: FloatArray, analyte: Analyte) -> npt.NDArray[np.bool_]:

@@ -14,7 +14,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
+
+
+def _console() -> Console:
+    """A console as wide as the terminal, or 200 columns when piped (tables stay readable)."""
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=200)
 
 
 @app.command()
@@ -39,7 +44,7 @@ def analytes() -> None:
             a.limits.describe(),
             a.panel,
         )
-    console.print(table)
+    _console().print(table)
 
 
 @app.command()
@@ -61,7 +66,7 @@ def specs() -> None:
             f"{s.train.start.year}-{s.train.end.year} / {s.calibrate.start.year}-"
             f"{s.calibrate.end.year} / {s.evaluate.start.year}-{s.evaluate.end.year}",
         )
-    console.print(table)
+    _console().print(table)
 
 
 @app.command()
@@ -96,15 +101,21 @@ def validate(
     table = Table(title=f"{file}: {len(frame):,} rows, {int(result.eligible.sum()):,} eligible")
     for column in ("severity", "code", "field", "rows"):
         table.add_column(column, justify="right" if column == "rows" else "left")
-    for row in summary.itertuples(index=False):
-        style = "red" if row.severity == "error" else "yellow"
-        table.add_row(row.severity, row.code, row.field, f"{row.count:,}", style=style)
-    console.print(table if len(summary) else f"{file}: {len(frame):,} rows, no issues")
+    for row in summary.to_dict("records"):
+        style = "red" if row["severity"] == "error" else "yellow"
+        table.add_row(
+            str(row["severity"]),
+            str(row["code"]),
+            str(row["field"]),
+            f"{row['count']:,}",
+            style=style,
+        )
+    _console().print(table if len(summary) else f"{file}: {len(frame):,} rows, no issues")
     if issues_out is not None:
         result.issues.to_parquet(issues_out, index=False)
     n_errors = int((result.issues["severity"] == "error").sum())
     if strict and n_errors:
-        console.print(f"[red]{n_errors:,} errors[/red]")
+        _console().print(f"[red]{n_errors:,} errors[/red]")
         raise typer.Exit(code=1)
 
 
@@ -123,7 +134,7 @@ def simulate(
     from training.simulate import run_simulation
 
     manifest = run_simulation(cohort=cohort, n=n, seed=seed, out=out, artefacts=artefacts)
-    console.print_json(data=manifest)
+    _console().print_json(data=manifest)
 
 
 if __name__ == "__main__":
