@@ -1,0 +1,340 @@
+"""TriagePredictor: everything inference needs, saved and loaded as one artifact folder.
+
+The folder holds the LightGBM booster as text (`booster.txt`) and everything else as JSON
+(`predictor.json`: spec, feature order, calibration, thresholds, catalogue version, training
+reference statistics, provenance, and the booster's SHA-256). Nothing is pickled. Serving, replay
+and evaluation all call `predict` / `explain` / `score` on this object, which is what makes their
+outputs identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from models.calibration import LogitCalibration
+from models.explain import Driver, calibrated_contributions, group_by_panel, top_drivers
+from models.features import DERIVED, SEX_CODES, build_feature_frame
+from models.spec import PATHWAYS, ModelSpec
+from models.triage import Band, Thresholds, assign_band, assign_bands, recommend
+from models.validation import Issue, RecordValidation, validate_record
+
+FloatArray = npt.NDArray[np.float64]
+BOOSTER_FILE = "booster.txt"
+META_FILE = "predictor.json"
+FORMAT_VERSION = 1
+PATHWAY_CODES = {name: float(i) for i, name in enumerate(PATHWAYS)}
+
+# Warnings the model adds to the validation's own (they depend on the model, not on the data).
+MODEL_WARNINGS = {
+    "analyte_missing": "analytes the model uses were not given; it scores without them",
+    "outside_training_range": "a value beyond the 0.5-99.5th percentiles seen in training",
+}
+
+
+class ArtifactError(RuntimeError):
+    """A predictor folder that is missing, corrupt, tampered with or incompatible."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """The answer for one patient: refused with reasons, or scored and explained."""
+
+    eligible: bool
+    issues: tuple[Issue, ...]
+    values: dict[str, float] = field(default_factory=dict)
+    probability: float | None = None
+    band: Band | None = None
+    recommendation: str | None = None
+    base: float | None = None
+    contributions: dict[str, float] = field(default_factory=dict)
+    groups: dict[str, float] = field(default_factory=dict)
+    drivers: list[Driver] = field(default_factory=list)
+    validation: RecordValidation | None = None
+
+
+def spec_feature_frame(spec: ModelSpec, values: pd.DataFrame) -> pd.DataFrame:
+    """A spec's model inputs (float64, in order) from a frame of canonical values."""
+    f = spec.features
+    frame = build_feature_frame(values, f.analytes, f.derived, f.demographics)
+    if "pathway" in f.context:
+        frame["pathway"] = values["pathway"].map(PATHWAY_CODES).to_numpy(np.float64)
+    return frame
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class TriagePredictor:
+    """A calibrated LightGBM triage model with its spec, thresholds and reference statistics."""
+
+    def __init__(
+        self,
+        *,
+        spec: ModelSpec,
+        booster: lgb.Booster,
+        calibration: LogitCalibration,
+        thresholds: Thresholds,
+        reference: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        num_threads: int = 1,
+    ) -> None:
+        self.spec = spec
+        self.booster = booster
+        self.calibration = calibration
+        self.thresholds = thresholds
+        self.reference = dict(reference or {})
+        self.metadata = dict(metadata or {})
+        self.num_threads = num_threads
+        self.feature_names: tuple[str, ...] = spec.features.names
+        if tuple(booster.feature_name()) != self.feature_names:
+            raise ArtifactError(
+                f"booster features {booster.feature_name()} differ from the spec's "
+                f"{list(self.feature_names)}"
+            )
+        self.catalogue = spec.catalogue
+        self._soft_limits = {
+            name: (stats["low"], stats["high"])
+            for name, stats in self.reference.get("features", {}).items()
+            if name in self.catalogue
+        }
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    # --- features -------------------------------------------------------------------------------
+
+    def feature_frame(self, values: pd.DataFrame) -> pd.DataFrame:
+        """Model inputs (float64, in the model's order) from a frame of canonical values."""
+        return spec_feature_frame(self.spec, values)
+
+    def feature_row(
+        self, values: Mapping[str, float], age: float | None, sex: str | None, pathway: str | None
+    ) -> FloatArray:
+        """One patient's model inputs as a (1, k) array: the per-request twin of feature_frame."""
+        row = np.full((1, len(self.feature_names)), np.nan)
+        f = self.spec.features
+        for i, code in enumerate(f.analytes):
+            row[0, i] = values.get(code, math.nan)
+        offset = len(f.analytes)
+        for j, name in enumerate(f.derived):
+            feature = DERIVED[name]
+            inputs = {c: values.get(c, math.nan) for c in feature.inputs}
+            row[0, offset + j] = float(feature.compute(inputs))
+        offset += len(f.derived)
+        for j, name in enumerate(f.demographics):
+            if name == "sex":
+                row[0, offset + j] = SEX_CODES.get(sex or "", math.nan)
+            else:
+                row[0, offset + j] = math.nan if age is None else float(age)
+        if f.context:
+            row[0, -1] = PATHWAY_CODES.get(pathway or "", math.nan)
+        return row
+
+    # --- prediction -----------------------------------------------------------------------------
+
+    def margin(self, features: FloatArray | pd.DataFrame) -> FloatArray:
+        """The booster's raw log-odds margin."""
+        x = features.to_numpy(np.float64) if isinstance(features, pd.DataFrame) else features
+        return self._booster_predict(x, raw_score=True)
+
+    def _booster_predict(self, x: FloatArray, **kwargs: bool) -> FloatArray:
+        result = self.booster.predict(x, num_threads=self.num_threads, **kwargs)
+        return np.asarray(result, dtype=np.float64)
+
+    def probability(self, features: FloatArray | pd.DataFrame) -> FloatArray:
+        """Calibrated probability (at the deployment prevalence for case-control models)."""
+        return self.calibration.probability(self.margin(features))
+
+    def predict(self, values: pd.DataFrame) -> pd.DataFrame:
+        """Probability and band for each row of canonical values (rows must be eligible)."""
+        probability = self.probability(self.feature_frame(values))
+        return pd.DataFrame(
+            {"probability": probability, "band": assign_bands(probability, self.thresholds)},
+            index=values.index,
+        )
+
+    def explain(self, values: pd.DataFrame) -> tuple[FloatArray, pd.DataFrame]:
+        """Base and per-feature contributions in calibrated log-odds for each row."""
+        x = self.feature_frame(values).to_numpy(np.float64)
+        raw = self._booster_predict(x, pred_contrib=True)
+        base, contributions = calibrated_contributions(raw, self.calibration)
+        return base, pd.DataFrame(contributions, columns=self.feature_names, index=values.index)
+
+    def score(
+        self, record: Mapping[str, Any], *, pathway: str | None = None, explain: bool = True
+    ) -> Score:
+        """Validate one patient record and, if eligible, score and explain it.
+
+        `record` is `{"age", "sex", "analytes": {code or LOINC: {"value", "unit"}}}`.
+        """
+        validation = validate_record(
+            record, catalogue=self.catalogue, eligibility=self.spec.eligibility
+        )
+        if not validation.eligible:
+            return Score(eligible=False, issues=validation.issues, validation=validation)
+        x = self.feature_row(validation.values, validation.age, validation.sex, pathway)
+        probability = float(self.probability(x)[0])
+        band = assign_band(probability, self.thresholds)
+        issues = validation.issues + self._model_warnings(validation.values)
+        result = Score(
+            eligible=True,
+            issues=issues,
+            values=validation.values,
+            probability=probability,
+            band=band,
+            recommendation=recommend(band, self.spec.cohort.kind),
+            validation=validation,
+        )
+        if not explain:
+            return result
+        raw = self._booster_predict(x, pred_contrib=True)
+        base, contributions = calibrated_contributions(raw, self.calibration)
+        named = dict(zip(self.feature_names, (float(c) for c in contributions[0]), strict=True))
+        shown: dict[str, float | str | None] = {
+            **validation.values,
+            **{n: float(x[0, i]) for i, n in enumerate(self.feature_names) if n in DERIVED},
+            "age": validation.age,
+            "sex": validation.sex,
+            "pathway": pathway,
+        }
+        return replace(
+            result,
+            base=float(base[0]),
+            contributions=named,
+            groups=group_by_panel(named, self.catalogue),
+            drivers=top_drivers(
+                self.feature_names,
+                shown,
+                contributions[0],
+                self.catalogue,
+                sex=validation.sex,
+                age=validation.age,
+            ),
+        )
+
+    def _model_warnings(self, values: Mapping[str, float]) -> tuple[Issue, ...]:
+        warnings = []
+        missing = [c for c in self.spec.features.analytes if c not in values]
+        if missing:
+            warnings.append(
+                Issue(
+                    "warning",
+                    "analyte_missing",
+                    ",".join(missing),
+                    f"not given: {', '.join(missing)}; the model scores without them",
+                )
+            )
+        for code, value in values.items():
+            low, high = self._soft_limits.get(code, (math.nan, math.nan))
+            if value < low or value > high:
+                analyte = self.catalogue[code]
+                warnings.append(
+                    Issue(
+                        "warning",
+                        "outside_training_range",
+                        code,
+                        f"{analyte.name} {value:g} {analyte.display_unit} is beyond the range "
+                        f"seen in training ({low:g}-{high:g}); the estimate is less certain",
+                    )
+                )
+        return tuple(warnings)
+
+    # --- artifact -------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """What a client needs to know: inputs, units, limits, thresholds, intended use."""
+        spec = self.spec
+        return {
+            "name": spec.name,
+            "title": spec.title,
+            "intended_use": spec.intended_use,
+            "population": spec.population,
+            "not_for": list(spec.not_for),
+            "features": list(self.feature_names),
+            "inputs": [
+                {
+                    "code": a.code,
+                    "name": a.name,
+                    "loinc": a.loinc,
+                    "unit": a.unit,
+                    "accepted_units": list(a.units),
+                    "limits": a.limits.model_dump(),
+                    "required": a.code in spec.eligibility.required_analytes,
+                }
+                for a in (self.catalogue[c] for c in spec.features.analytes)
+            ],
+            "eligibility": spec.eligibility.model_dump(mode="json"),
+            "thresholds": self.thresholds.to_dict(),
+            "calibration": self.calibration.to_dict(),
+            "catalogue_version": self.catalogue.version,
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """Write `booster.txt` and `predictor.json` into `folder`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        booster_path = folder / BOOSTER_FILE
+        self.booster.save_model(str(booster_path))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "spec": self.spec.model_dump(mode="json"),
+            "feature_names": list(self.feature_names),
+            "calibration": self.calibration.to_dict(),
+            "thresholds": self.thresholds.to_dict(),
+            "catalogue": {"version": self.catalogue.version, "checksum": self.catalogue.checksum},
+            "reference": self.reference,
+            "metadata": self.metadata,
+            "booster_sha256": _sha256(booster_path),
+        }
+        (folder / META_FILE).write_text(json.dumps(meta, indent=1, allow_nan=True))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, *, num_threads: int = 1) -> TriagePredictor:
+        """Load and verify a predictor folder; raises ArtifactError with the reason."""
+        folder = Path(folder)
+        booster_path, meta_path = folder / BOOSTER_FILE, folder / META_FILE
+        for path in (booster_path, meta_path):
+            if not path.is_file():
+                raise ArtifactError(f"{path}: missing from the model artifact")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as error:
+            raise ArtifactError(f"{meta_path}: not valid JSON ({error})") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"{meta_path}: unsupported format {meta.get('format_version')}")
+        if _sha256(booster_path) != meta.get("booster_sha256"):
+            raise ArtifactError(f"{booster_path}: checksum mismatch (tampered or corrupt)")
+        spec = ModelSpec.model_validate(meta["spec"])
+        if spec.catalogue.checksum != meta["catalogue"]["checksum"]:
+            raise ArtifactError(
+                f"the model was trained with analyte catalogue {meta['catalogue']['version']} "
+                f"({meta['catalogue']['checksum']}); this code has {spec.catalogue.version} "
+                f"({spec.catalogue.checksum}): retrain or use the matching code version"
+            )
+        try:
+            booster = lgb.Booster(model_file=str(booster_path))
+        except lgb.basic.LightGBMError as error:
+            raise ArtifactError(f"{booster_path}: not a LightGBM model ({error})") from None
+        return cls(
+            spec=spec,
+            booster=booster,
+            calibration=LogitCalibration.from_dict(meta["calibration"]),
+            thresholds=Thresholds.from_dict(meta["thresholds"]),
+            reference=meta.get("reference"),
+            metadata=meta.get("metadata"),
+            num_threads=num_threads,
+        )

@@ -1,0 +1,151 @@
+"""Log a training run to MLflow and register its model (alias `challenger`).
+
+A run carries: tags and a readable name, the LightGBM parameters and provenance as params, flat
+metrics (AUC with CI, calibration, thresholds, oracle gap, baseline), the full evaluation JSON for
+both models, the model card, the HTML report, the evaluation predictions (for paired comparisons),
+a SHAP sample, and the model itself: a pyfunc logged from code whose artifact is the predictor
+folder (text booster + JSON), with explicit pip requirements and a signature.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from importlib.metadata import version as installed_version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, Schema
+
+import models
+from models.spec import ModelSpec
+from training.registry import CHALLENGER, MODEL_ARTIFACT, Tracking
+from training.report import build_model_card, render_report
+from training.train import TrainResult, scratch_dir, summary_metrics
+
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+MODELS_PACKAGE = Path(models.__file__).parent
+RUNTIME_PACKAGES = ("lightgbm", "numpy", "pandas", "pydantic", "pyyaml", "mlflow")
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    run_id: str
+    model_uri: str
+    version: str | None
+
+
+def pip_requirements() -> list[str]:
+    """Exact versions of what the predictor needs at inference (never inferred)."""
+    return [f"{name}=={installed_version(name)}" for name in RUNTIME_PACKAGES]
+
+
+def signature(spec: ModelSpec) -> ModelSignature:
+    """Canonical-unit inputs named by catalogue code; probability, band and status out."""
+    inputs = [ColSpec("double", code, required=False) for code in spec.features.analytes]
+    inputs += [ColSpec("double", "age"), ColSpec("string", "sex")]
+    inputs += [ColSpec("string", name) for name in spec.features.context]
+    outputs = [ColSpec("double", "probability"), ColSpec("string", "band")]
+    outputs.append(ColSpec("string", "status"))
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
+def render(result: TrainResult, run_id: str | None = None) -> tuple[dict[str, Any], str]:
+    """The model card and the HTML report of a training result."""
+    card = build_model_card(result.spec, data_summary=result.provenance)
+    if run_id is not None:
+        card["run_id"] = run_id
+    html = render_report(
+        title=f"{result.spec.title}: evaluation report",
+        model_card=card,
+        evaluation=result.evaluation,
+        baseline_evaluation=result.baseline_evaluation,
+        shap_sample=result.shap_sample,
+    )
+    return card, html
+
+
+def log_training(result: TrainResult, tracking: Tracking, *, register: bool = True) -> LoggedRun:
+    """Log everything about a training result; register it as `challenger` when asked."""
+    spec, provenance = result.spec, result.provenance
+    client = tracking.client
+    work = scratch_dir()
+    try:
+        with mlflow.start_run(
+            experiment_id=tracking.experiment_id(spec.name),
+            run_name=f"{spec.name} lightgbm {provenance['trained_at'][:16].replace('T', ' ')}",
+        ) as run:
+            run_id = run.info.run_id
+            mlflow.set_tags(
+                {
+                    "spec": spec.name,
+                    "spec_digest": provenance["spec_digest"],
+                    "cohort_digest": provenance["cohort_digest"][:16],
+                    "code_version": provenance["code_version"],
+                    "model_family": "lightgbm + sigmoid calibration",
+                    "case_control": str(spec.is_case_control).lower(),
+                    "mlflow.note.content": f"{spec.title}. {spec.intended_use}",
+                }
+            )
+            mlflow.log_params(_params(result))
+            mlflow.log_metrics(summary_metrics(result.evaluation))
+            mlflow.log_metrics(summary_metrics(result.baseline_evaluation, "baseline_"))
+            card, html = render(result, run_id)
+            mlflow.log_dict(result.evaluation, "metrics.json")
+            mlflow.log_dict(result.baseline_evaluation, "baseline_metrics.json")
+            mlflow.log_dict(card, "model_card.json")
+            mlflow.log_dict(provenance, "provenance.json")
+            mlflow.log_text(html, "report.html")
+            for name, frame in (
+                ("evaluation_predictions", result.predictions),
+                ("shap_sample", result.shap_sample),
+            ):
+                path = work / f"{name}.parquet"
+                frame.to_parquet(path, index=False)
+                mlflow.log_artifact(str(path))
+            predictor_dir = result.predictor.save(work / "predictor")
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(PYFUNC_FILE),
+                artifacts={"predictor": str(predictor_dir)},
+                code_paths=[str(MODELS_PACKAGE)],
+                pip_requirements=pip_requirements(),
+                signature=signature(spec),
+            )
+        version = None
+        if register:
+            registered = mlflow.register_model(info.model_uri, spec.name)
+            version = str(registered.version)
+            client.set_registered_model_alias(spec.name, CHALLENGER, version)
+            for key, value in {
+                "run_id": run_id,
+                "spec_digest": provenance["spec_digest"],
+                "auc": f"{result.evaluation['auc']['estimate']:.4f}",
+                "validation_status": "candidate",
+            }.items():
+                client.set_model_version_tag(spec.name, version, key, value)
+        return LoggedRun(run_id=run_id, model_uri=info.model_uri, version=version)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _params(result: TrainResult) -> dict[str, Any]:
+    p = result.provenance
+    params: dict[str, Any] = {f"lgbm_{k}": v for k, v in result.spec.lightgbm.model_dump().items()}
+    params |= {
+        "spec": result.spec.name,
+        "seed": p["seed"],
+        "best_iteration": p["best_iteration"],
+        "cohort_path": p["cohort_path"],
+        "rows_train": p["rows"]["train"],
+        "rows_calibrate": p["rows"]["calibrate"],
+        "rows_evaluate": p["rows"]["evaluate"],
+        "rule_out_threshold": result.predictor.thresholds.rule_out,
+        "rule_in_threshold": result.predictor.thresholds.rule_in,
+        "calibration_slope": result.predictor.calibration.slope,
+        "calibration_intercept": result.predictor.calibration.intercept,
+        "prevalence_shift": result.predictor.calibration.shift,
+    }
+    return params

@@ -1,0 +1,425 @@
+"""Training: load -> validate -> split -> fit -> calibrate -> thresholds -> evaluate.
+
+Logging and registration follow in `training.tracking`.
+
+`train_model` reads like a table of contents; each step is a named function. Nothing from the
+evaluation period touches fitting, calibration or threshold choice: periods come from the spec's
+dates, and a patient seen in an earlier period is kept out of the later ones.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.frozen import FrozenEstimator
+
+from models.calibration import LogitCalibration, expit, prevalence_shift
+from models.predictor import TriagePredictor, spec_feature_frame
+from models.reference import reference_statistics
+from models.spec import ModelSpec
+from models.triage import Thresholds
+from models.validation import validate_frame
+from training.baseline import SplineLogisticBaseline
+from training.cohort import CohortError, map_columns, read_table
+from training.evaluate import (
+    choose_rule_in_threshold,
+    choose_rule_out_threshold,
+    evaluate_predictions,
+    oracle_summary,
+)
+from training.provenance import code_version, files_sha256
+
+PERIODS = ("train", "stop", "calibrate", "evaluate")
+META_COLUMNS = (
+    "patient_id", "referral_id", "index_date", "pathway", "lab", "deprivation", "ethnicity",
+    "cancer_site", "true_risk", "duffy_null",
+)  # fmt: skip
+SHAP_SAMPLE_ROWS = 2000
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    cohort: Path
+    window_days: int = 90
+    n_boot: int = 200
+    seed: int | None = None  # None: the spec's seed
+    num_threads: int = 0  # 0: all cores, for fitting and batch prediction
+
+
+@dataclass
+class Cohort:
+    """Eligible rows (canonical values + metadata + outcome) and what was excluded, by reason."""
+
+    frame: pd.DataFrame
+    exclusions: dict[str, int]
+    n_input: int
+    digest: str
+
+
+@dataclass
+class TrainResult:
+    spec: ModelSpec
+    predictor: TriagePredictor
+    baseline: SplineLogisticBaseline
+    baseline_calibration: LogitCalibration
+    periods: dict[str, pd.DataFrame]
+    evaluation: dict[str, Any]
+    baseline_evaluation: dict[str, Any]
+    predictions: pd.DataFrame  # evaluation-period predictions of both models
+    shap_sample: pd.DataFrame
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+# --- load and validate ----------------------------------------------------------------------------
+
+
+def load_cohort(path: Path, window_days: int) -> pd.DataFrame:
+    """A wide cohort: a wide file, or a folder holding a wide table or long results + index."""
+    if path.is_dir():
+        results = sorted(path.glob("*_results.parquet"))
+        index = sorted(path.glob("*_index.parquet"))
+        wide = sorted(path.glob("*_wide.parquet"))
+        if wide:
+            return pd.read_parquet(wide[0])
+        if results and index:
+            from training.asof import as_of_wide
+
+            return as_of_wide(
+                pd.read_parquet(results[0]), pd.read_parquet(index[0]), window_days=window_days
+            )
+        raise CohortError(f"{path}: no *_wide.parquet, nor *_results + *_index.parquet inside")
+    return read_table(path)
+
+
+def select_population(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    """Rows of the spec's cohort (its pathways, when it names any)."""
+    if spec.cohort.pathways:
+        if "pathway" not in frame:
+            raise CohortError("the spec filters on pathway but the cohort has no pathway column")
+        frame = frame[frame["pathway"].isin(spec.cohort.pathways)]
+    return frame.reset_index(drop=True)
+
+
+def validate_cohort(frame: pd.DataFrame, spec: ModelSpec, digest: str) -> Cohort:
+    """Validate every row through the catalogue; keep eligible rows, count exclusions by reason."""
+    missing = [c for c in (spec.outcome.column, spec.split.date_column) if c not in frame]
+    if missing:
+        raise CohortError(f"the cohort lacks required columns {missing}")
+    mapped, units = map_columns(frame, spec)
+    checked = validate_frame(
+        mapped, catalogue=spec.catalogue, eligibility=spec.eligibility, units=units
+    )
+    errors = checked.issues[checked.issues["severity"] == "error"]
+    exclusions = errors.drop_duplicates(["row", "code"])["code"].value_counts().to_dict()
+    values = checked.values
+    for column in (*META_COLUMNS, spec.outcome.column, spec.split.date_column):
+        if column in frame and column not in values:
+            values[column] = frame[column].to_numpy()
+    values["patient_id"] = frame["patient_id"] if "patient_id" in frame else np.arange(len(frame))
+    values[spec.split.date_column] = pd.to_datetime(values[spec.split.date_column])
+    eligible = values.loc[checked.eligible].reset_index(drop=True)
+    return Cohort(eligible, {str(k): int(v) for k, v in exclusions.items()}, len(frame), digest)
+
+
+# --- split ---------------------------------------------------------------------------------------
+
+
+def split_periods(frame: pd.DataFrame, spec: ModelSpec) -> dict[str, pd.DataFrame]:
+    """Train / early-stopping / calibrate / evaluate by date, patient-disjoint across periods.
+
+    The early-stopping slice is the latest part of the training period; a patient who appears in
+    an earlier period is removed from every later one.
+    """
+    dates = frame[spec.split.date_column].dt.date
+    split = spec.split
+    in_period = {
+        "train": dates.between(split.train.start, split.train.end),
+        "calibrate": dates.between(split.calibrate.start, split.calibrate.end),
+        "evaluate": dates.between(split.evaluate.start, split.evaluate.end),
+    }
+    train = frame[in_period["train"]]
+    cut = train[spec.split.date_column].quantile(1 - split.early_stopping_fraction)
+    periods = {
+        "train": train[train[spec.split.date_column] < cut],
+        "stop": train[train[spec.split.date_column] >= cut],
+    }
+    seen = set(periods["train"]["patient_id"])
+    periods["stop"] = periods["stop"][~periods["stop"]["patient_id"].isin(seen)]
+    seen |= set(periods["stop"]["patient_id"])
+    for name in ("calibrate", "evaluate"):
+        rows = frame[in_period[name]]
+        periods[name] = rows[~rows["patient_id"].isin(seen)].reset_index(drop=True)
+        seen |= set(periods[name]["patient_id"])
+    for name in PERIODS:
+        outcome = periods[name][spec.outcome.column]
+        if len(outcome) == 0 or outcome.nunique() < 2:
+            raise CohortError(f"the {name} period has {len(outcome)} rows and needs both outcomes")
+    return {k: v.reset_index(drop=True) for k, v in periods.items()}
+
+
+# --- fit and calibrate ----------------------------------------------------------------------------
+
+
+def fit_booster(
+    x_train: pd.DataFrame, y_train: np.ndarray, x_stop: pd.DataFrame, y_stop: np.ndarray,
+    spec: ModelSpec, seed: int, num_threads: int,
+) -> lgb.LGBMClassifier:  # fmt: skip
+    """LightGBM with early stopping on the latest slice of the training period."""
+    params = spec.lightgbm.model_dump()
+    rounds = params.pop("early_stopping_rounds")
+    classifier = lgb.LGBMClassifier(
+        **params, random_state=seed, n_jobs=num_threads, deterministic=True,
+        force_row_wise=True, verbose=-1,
+    )  # fmt: skip
+    categorical = ["pathway"] if "pathway" in x_train else "auto"
+    classifier.fit(
+        x_train, y_train, eval_set=[(x_stop, y_stop)], categorical_feature=categorical,
+        callbacks=[lgb.early_stopping(rounds, verbose=False)],
+    )  # fmt: skip
+    return classifier
+
+
+def best_booster(classifier: lgb.LGBMClassifier) -> lgb.Booster:
+    """The booster truncated at the early-stopping iteration (the one that is saved and served)."""
+    text = classifier.booster_.model_to_string(num_iteration=classifier.best_iteration_)
+    return lgb.Booster(model_str=text)
+
+
+def calibrate(
+    classifier: Any, x_cal: pd.DataFrame, y_cal: np.ndarray, spec: ModelSpec
+) -> LogitCalibration:
+    """Platt scaling on the raw margin (calibration period), plus the case-control shift.
+
+    scikit-learn's sigmoid is p = 1 / (1 + exp(a z + b)), so calibrated log-odds = -a z - b.
+    """
+    fitted = CalibratedClassifierCV(FrozenEstimator(classifier), method="sigmoid")
+    fitted.fit(x_cal, y_cal)
+    platt = fitted.calibrated_classifiers_[0].calibrators[0]
+    shift = 0.0
+    prevalence = spec.calibration.deployment_prevalence
+    if prevalence is not None:
+        shift = prevalence_shift(prevalence, float(np.mean(y_cal)))
+    return LogitCalibration(slope=-float(platt.a_), intercept=-float(platt.b_), shift=shift)
+
+
+class _Margin:
+    """Adapter giving the spline baseline the decision_function CalibratedClassifierCV wants."""
+
+    def __init__(self, model: SplineLogisticBaseline) -> None:
+        self.model = model
+        self.classes_ = np.array([0, 1])
+
+    def fit(self, x: Any, y: Any) -> _Margin:
+        return self
+
+    def decision_function(self, x: pd.DataFrame) -> np.ndarray:
+        return self.model.decision_function(x)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"model": self.model}
+
+
+def choose_thresholds(y_cal: np.ndarray, p_cal: np.ndarray, spec: ModelSpec) -> Thresholds:
+    """Green: highest cut-off meeting the rule-out sensitivity target; red: lowest meeting the
+    rule-in PPV target (by Bayes at the deployment prevalence for case-control models)."""
+    rule_out = choose_rule_out_threshold(y_cal, p_cal, spec.triage.rule_out_sensitivity)
+    rule_in = choose_rule_in_threshold(
+        y_cal, p_cal, spec.triage.rule_in_ppv, prevalence=spec.calibration.deployment_prevalence
+    )
+    if rule_out is not None and rule_in is not None and rule_in < rule_out:
+        rule_in = rule_out  # the PPV target is met below the rule-out cut: no amber band
+    return Thresholds(
+        None if rule_out is None else float(rule_out), None if rule_in is None else float(rule_in)
+    )
+
+
+# --- evaluate -------------------------------------------------------------------------------------
+
+
+def sample_scale(probability: np.ndarray, calibration: LogitCalibration) -> np.ndarray:
+    """Probabilities on the case-control sample's scale (undo the prevalence shift)."""
+    return expit(logit_array(probability) - calibration.shift)
+
+
+def logit_array(p: np.ndarray) -> np.ndarray:
+    clipped = np.clip(p, 1e-15, 1 - 1e-15)
+    return np.log(clipped) - np.log1p(-clipped)
+
+
+def evaluate_model(
+    frame: pd.DataFrame, probability: np.ndarray, thresholds: Thresholds,
+    calibration: LogitCalibration, spec: ModelSpec, n_boot: int, seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The evaluation-period report. Case-control models are judged on the sample's scale
+    (where outcomes were sampled), with PPV/NPV at the deployment prevalence, and their oracle
+    comparison on the population scale (where true risks live)."""
+    case_control = spec.is_case_control
+    scored = frame.assign(probability=probability)
+    rule_out, rule_in = thresholds.rule_out, thresholds.rule_in
+    if case_control:
+        scored["probability"] = sample_scale(probability, calibration)
+        rule_out, rule_in = (
+            None if t is None else float(sample_scale(np.array([t]), calibration)[0])
+            for t in (rule_out, rule_in)
+        )
+    has_truth = "true_risk" in scored and not case_control
+    evaluation = evaluate_predictions(
+        scored, y_col=spec.outcome.column, p_col="probability", patient_col="patient_id",
+        date_col=spec.split.date_column, true_risk_col="true_risk" if has_truth else None,
+        rule_out=rule_out, rule_in=rule_in, subgroups=spec.subgroups,
+        deployment_prevalence=spec.calibration.deployment_prevalence, n_boot=n_boot, seed=seed,
+    )  # fmt: skip
+    if case_control and "true_risk" in frame:
+        evaluation["oracle"] = oracle_summary(
+            frame[spec.outcome.column].to_numpy(), probability, frame["true_risk"].to_numpy()
+        )
+        evaluation["oracle"]["scale"] = "population (true risks and shifted probabilities)"
+    evaluation["scale"] = "case-control sample" if case_control else "cohort"
+    return evaluation
+
+
+def explanation_sample(
+    predictor: TriagePredictor, frame: pd.DataFrame, seed: int, rows: int = SHAP_SAMPLE_ROWS
+) -> pd.DataFrame:
+    """Calibrated contributions and feature values of a random evaluation sample (for plots)."""
+    sample = frame.sample(n=min(rows, len(frame)), random_state=seed)
+    base, contributions = predictor.explain(sample)
+    values = predictor.feature_frame(sample)
+    return pd.concat(
+        [
+            contributions.add_prefix("contrib__").reset_index(drop=True),
+            values.add_prefix("value__").reset_index(drop=True),
+            pd.DataFrame({"base": base}),
+        ],
+        axis=1,
+    )
+
+
+# --- the orchestrator ----------------------------------------------------------------------------
+
+
+def train_model(spec: ModelSpec, options: TrainOptions) -> TrainResult:
+    """Build, calibrate and judge one model from a cohort (no tracking: see `log_training`)."""
+    started = time.perf_counter()
+    seed = spec.seed if options.seed is None else options.seed
+    raw = select_population(load_cohort(options.cohort, options.window_days), spec)
+    cohort = validate_cohort(raw, spec, files_sha256([options.cohort]))
+    periods = split_periods(cohort.frame, spec)
+    y = {k: v[spec.outcome.column].to_numpy(np.int64) for k, v in periods.items()}
+
+    x = {k: spec_feature_frame(spec, v) for k, v in periods.items()}
+    classifier = fit_booster(
+        x["train"], y["train"], x["stop"], y["stop"], spec, seed, options.num_threads
+    )
+    calibration = calibrate(classifier, x["calibrate"], y["calibrate"], spec)
+    booster = best_booster(classifier)
+    untuned = TriagePredictor(
+        spec=spec, booster=booster, calibration=calibration, thresholds=Thresholds(None, None),
+        num_threads=options.num_threads,
+    )  # fmt: skip
+    p_cal = untuned.probability(x["calibrate"])
+    thresholds = choose_thresholds(y["calibrate"], p_cal, spec)
+    reference = reference_statistics(x["train"], untuned.probability(x["train"]))
+    provenance = {
+        "spec_digest": spec.digest,
+        "cohort_digest": cohort.digest,
+        "cohort_path": str(options.cohort),
+        "code_version": code_version(),
+        "seed": seed,
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "lightgbm_version": lgb.__version__,
+        "best_iteration": int(classifier.best_iteration_ or spec.lightgbm.n_estimators),
+        "n_input": cohort.n_input,
+        "exclusions": cohort.exclusions,
+        "rows": {k: len(v) for k, v in periods.items()},
+        "events": {k: int(v.sum()) for k, v in y.items()},
+    }
+    predictor = TriagePredictor(
+        spec=spec, booster=booster, calibration=calibration, thresholds=thresholds,
+        reference=reference, metadata=provenance, num_threads=options.num_threads,
+    )  # fmt: skip
+
+    p_eval = predictor.probability(x["evaluate"])
+    evaluation = evaluate_model(
+        periods["evaluate"], p_eval, thresholds, calibration, spec, options.n_boot, seed
+    )
+    baseline, baseline_calibration, p_base = fit_baseline(x, y, spec)
+    baseline_evaluation = evaluate_model(
+        periods["evaluate"], p_base, thresholds, baseline_calibration, spec, options.n_boot, seed
+    )
+    predictions = periods["evaluate"][["patient_id", spec.outcome.column]].assign(
+        probability=p_eval, baseline_probability=p_base
+    )
+    if "referral_id" in periods["evaluate"]:
+        predictions.insert(0, "referral_id", periods["evaluate"]["referral_id"])
+    provenance["train_seconds"] = round(time.perf_counter() - started, 2)
+    return TrainResult(
+        spec=spec, predictor=predictor, baseline=baseline,
+        baseline_calibration=baseline_calibration, periods=periods, evaluation=evaluation,
+        baseline_evaluation=baseline_evaluation, predictions=predictions,
+        shap_sample=explanation_sample(predictor, periods["evaluate"], seed),
+        provenance=provenance,
+    )  # fmt: skip
+
+
+def fit_baseline(
+    x: Mapping[str, pd.DataFrame], y: Mapping[str, np.ndarray], spec: ModelSpec
+) -> tuple[SplineLogisticBaseline, LogitCalibration, np.ndarray]:
+    """The spline-logistic baseline on the same split, calibrated the same way."""
+    features = spec.features
+    model = SplineLogisticBaseline(
+        continuous=[*features.analytes, *(["age"] if "age" in features.demographics else [])],
+        binary=["sex"] if "sex" in features.demographics else [],
+        categorical=list(features.context),
+    ).fit(x["train"], y["train"])
+    calibration = calibrate(_Margin(model), x["calibrate"], y["calibrate"], spec)
+    probability = calibration.probability(model.decision_function(x["evaluate"]))
+    return model, calibration, probability
+
+
+def summary_metrics(evaluation: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Flat numeric metrics for MLflow (AUC with CI, calibration, thresholds, oracle)."""
+    out: dict[str, float] = {}
+
+    def put(name: str, value: Any) -> None:
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if numeric and np.isfinite(value):
+            out[f"{prefix}{name}"] = float(value)
+
+    auc = evaluation.get("auc", {})
+    put("auc", auc.get("estimate"))
+    put("auc_low", auc.get("low"))
+    put("auc_high", auc.get("high"))
+    put("brier", evaluation.get("brier"))
+    for key, value in evaluation.get("calibration", {}).items():
+        put(key, value)
+    for band in ("green", "red"):
+        block = evaluation.get("thresholds", {}).get(band) or {}
+        for key in ("sensitivity", "specificity", "ppv", "npv"):
+            put(f"{band}_{key}", (block.get(key) or {}).get("estimate"))
+            put(f"{band}_{key}_low", (block.get(key) or {}).get("low"))
+        put(f"{band}_share", block.get("share_ruled_out", block.get("share_expedited")))
+    for key, value in (evaluation.get("oracle") or {}).items():
+        put(f"oracle_{key}", value)
+    put("net_benefit", evaluation.get("net_benefit_at", {}).get("model"))
+    return out
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data, indent=1, allow_nan=True, default=str))
+    return path
+
+
+def scratch_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="triage-"))
