@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -45,7 +46,7 @@ def rcs_term(x: FloatArray, knots: Sequence[float]) -> FloatArray:
     return result
 
 
-class SplineLogisticBaseline:
+class SplineLogisticBaseline(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """Restricted-cubic-spline logistic regression (scikit-learn contract: fit returns self)."""
 
     def __init__(
@@ -95,6 +96,7 @@ class SplineLogisticBaseline:
         self.model_ = LogisticRegression(C=self.c, max_iter=2000).fit(
             self.scaler_.transform(design), np.asarray(y)
         )
+        self.classes_ = self.model_.classes_
         return self
 
     def decision_function(self, frame: pd.DataFrame) -> FloatArray:
@@ -103,3 +105,10 @@ class SplineLogisticBaseline:
             self.scaler_.transform(self._design(frame))
         )
         return result
+
+    def predict_proba(self, frame: pd.DataFrame) -> FloatArray:
+        result: FloatArray = self.model_.predict_proba(self.scaler_.transform(self._design(frame)))
+        return result
+
+    def predict(self, frame: pd.DataFrame) -> npt.NDArray[np.int64]:
+        return (self.decision_function(frame) > 0).astype(np.int64)

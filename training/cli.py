@@ -137,5 +137,201 @@ def simulate(
     _console().print_json(data=manifest)
 
 
+WorkdirOption = Annotated[
+    Path,
+    typer.Option(
+        envvar="TRIAGE_HOME", help="work folder: MLflow store, artifacts, reports (git-ignored)"
+    ),
+]
+
+
+def _tracking(workdir: Path):  # type: ignore[no-untyped-def]
+    from training.registry import Tracking
+
+    return Tracking(workdir)
+
+
+def _fmt_ci(block: dict | None) -> str:  # type: ignore[type-arg]
+    if not block or block.get("estimate") is None:
+        return "-"
+    return f"{block['estimate']:.3f} [{block['low']:.3f}, {block['high']:.3f}]"
+
+
+@app.command()
+def train(
+    spec: Annotated[str, typer.Option(help="spec name (e.g. lower_gi) or path to a spec YAML")],
+    cohort: Annotated[Path, typer.Option(help="wide file, or folder with wide or long tables")],
+    workdir: WorkdirOption = Path("var"),
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for CIs")] = 200,
+    seed: Annotated[int | None, typer.Option(help="override the spec's seed")] = None,
+    window_days: Annotated[int, typer.Option(help="as-of window for long cohorts")] = 90,
+    register: Annotated[bool, typer.Option(help="register the model as challenger")] = True,
+) -> None:
+    """Train, calibrate, evaluate, log to MLflow and register a model (alias challenger)."""
+    from models.spec import load_spec
+    from training.tracking import log_training
+    from training.train import TrainOptions, train_model
+
+    model_spec = load_spec(spec)
+    result = train_model(
+        model_spec, TrainOptions(cohort=cohort, window_days=window_days, n_boot=n_boot, seed=seed)
+    )
+    logged = log_training(result, _tracking(workdir), register=register)
+    reports = workdir / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    report_path = reports / f"{model_spec.name}-{logged.version or logged.run_id}.html"
+    from training.tracking import render
+
+    report_path.write_text(render(result, logged.run_id)[1])
+    _print_training(result, logged, report_path)
+
+
+def _print_training(result, logged, report_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ev, base = result.evaluation, result.baseline_evaluation
+    table = Table(title=f"{result.spec.name}: evaluation period ({ev.get('scale', 'cohort')})")
+    table.add_column("metric")
+    table.add_column("LightGBM")
+    table.add_column("spline baseline")
+    rows = [
+        ("rows / events", f"{ev['n']:,} / {ev['events']:,}", ""),
+        ("AUC [95% CI]", _fmt_ci(ev["auc"]), _fmt_ci(base["auc"])),
+        ("calibration slope", f"{ev['calibration']['slope']:.3f}",
+         f"{base['calibration']['slope']:.3f}"),
+        ("O/E", f"{ev['calibration']['observed_expected']:.3f}",
+         f"{base['calibration']['observed_expected']:.3f}"),
+        ("Brier", f"{ev['brier']:.4f}", f"{base['brier']:.4f}"),
+    ]  # fmt: skip
+    oracle = ev.get("oracle")
+    if oracle:
+        rows.append(("oracle AUC (true risk)", f"{oracle['oracle_auc']:.3f}", ""))
+    for band in ("green", "red"):
+        block = (ev.get("thresholds") or {}).get(band) or {}
+        if block:
+            rows.append((f"{band}: sensitivity", _fmt_ci(block.get("sensitivity")), ""))
+            rows.append((f"{band}: PPV", _fmt_ci(block.get("ppv")), ""))
+    for row in rows:
+        table.add_row(*row)
+    console = _console()
+    console.print(table)
+    t = result.predictor.thresholds
+    console.print(f"thresholds: green < {t.rule_out}, red >= {t.rule_in}")
+    console.print(f"excluded as ineligible: {result.provenance['exclusions'] or 'none'}")
+    console.print(f"run {logged.run_id}; registered version {logged.version} (alias challenger)")
+    console.print(f"report: {report_path}")
+
+
+@app.command()
+def compare(
+    spec: Annotated[str, typer.Option(help="spec name")],
+    workdir: WorkdirOption = Path("var"),
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for paired CIs")] = 200,
+) -> None:
+    """Side-by-side table of registered versions and the champion."""
+    from models.spec import load_spec
+    from training.promote import compare as compare_versions
+
+    frame = compare_versions(_tracking(workdir), load_spec(spec), n_boot=n_boot)
+    table = Table(title=f"{spec}: registered versions (evaluation period)")
+    for column in ("version", "aliases", "AUC [CI]", "ΔAUC vs champion [CI]", "slope", "O/E",
+                   "rule-out sens [CI]", "ruled out", "net benefit"):  # fmt: skip
+        table.add_column(column)
+    for row in frame.to_dict("records"):
+        diff = row["auc_diff_vs_champion"]
+        table.add_row(
+            str(row["version"]),
+            row["aliases"] or "-",
+            f"{row['auc']:.3f} [{row['auc_ci'][0]:.3f}, {row['auc_ci'][1]:.3f}]",
+            "-" if diff is None else f"{diff:+.4f} [{row['auc_diff_ci'][0]:+.4f}, "
+            f"{row['auc_diff_ci'][1]:+.4f}]",
+            f"{row['calibration_slope']:.3f}",
+            f"{row['observed_expected']:.3f}",
+            "-" if row["rule_out_sensitivity"] is None else
+            f"{row['rule_out_sensitivity']:.3f} [{row['rule_out_sensitivity_ci'][0]:.3f}, "
+            f"{row['rule_out_sensitivity_ci'][1]:.3f}]",
+            "-" if row["share_ruled_out"] is None else f"{row['share_ruled_out']:.1%}",
+            "-" if row["net_benefit"] is None else f"{row['net_benefit']:.4f}",
+        )  # fmt: skip
+    _console().print(table)
+
+
+@app.command()
+def promote(
+    spec: Annotated[str, typer.Option(help="spec name")],
+    version: Annotated[str, typer.Option(help="registered version number or alias")],
+    workdir: WorkdirOption = Path("var"),
+    override_reason: Annotated[
+        str | None, typer.Option(help="promote despite failed gates; recorded as a tag")
+    ] = None,
+) -> None:
+    """Move alias champion to a version when every gate passes; otherwise refuse and say why."""
+    from models.spec import load_spec
+    from training.promote import promote as promote_version
+
+    promoted, gates = promote_version(
+        _tracking(workdir), load_spec(spec), version, override_reason=override_reason
+    )
+    table = Table(title=f"{spec} v{version}: promotion gates")
+    for column in ("gate", "result", "detail"):
+        table.add_column(column)
+    for gate in gates:
+        table.add_row(gate.name, "pass" if gate.passed else "FAIL", gate.detail,
+                      style=None if gate.passed else "red")  # fmt: skip
+    console = _console()
+    console.print(table)
+    if not promoted:
+        console.print("[red]refused: gates failed (use --override-reason to overrule)[/red]")
+        raise typer.Exit(code=1)
+    console.print(f"{spec} v{version} is now champion")
+
+
+@app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a training run")],
+    workdir: WorkdirOption = Path("var"),
+    out: Annotated[Path | None, typer.Option(help="HTML file to write")] = None,
+) -> None:
+    """Re-render a training run's HTML report from its logged artifacts."""
+    import mlflow
+    import pandas as pd
+
+    from training.registry import run_artifact_json
+    from training.report import render_report
+
+    tracking = _tracking(workdir)
+    client = tracking.client
+    card = run_artifact_json(client, run_id, "model_card.json")
+    shap_path = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="shap_sample.parquet", tracking_uri=tracking.uri
+    )
+    html = render_report(
+        title=f"{card.get('title', card.get('name', run_id))}: evaluation report",
+        model_card=card,
+        evaluation=run_artifact_json(client, run_id, "metrics.json"),
+        baseline_evaluation=run_artifact_json(client, run_id, "baseline_metrics.json"),
+        shap_sample=pd.read_parquet(shap_path),
+    )
+    target = out or workdir / "reports" / f"run-{run_id}.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(html)
+    _console().print(f"report: {target}")
+
+
+@app.command(name="models")
+def list_models(workdir: WorkdirOption = Path("var")) -> None:
+    """Registered models with their versions, aliases and evaluation AUC."""
+    client = _tracking(workdir).client
+    table = Table(title="Registered models")
+    for column in ("model", "version", "aliases", "AUC", "status", "run"):
+        table.add_column(column)
+    for model in client.search_registered_models():
+        for mv in sorted(
+            client.search_model_versions(f"name = '{model.name}'"), key=lambda v: int(v.version)
+        ):
+            table.add_row(model.name, str(mv.version), ",".join(mv.aliases or []) or "-",
+                          mv.tags.get("auc", "-"), mv.tags.get("validation_status", "-"),
+                          mv.run_id or "-")  # fmt: skip
+    _console().print(table)
+
+
 if __name__ == "__main__":
     app()

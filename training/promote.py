@@ -2,8 +2,8 @@
 
 Gates (defaults in the spec): calibration slope and O/E within their ranges, the lower 95% bound of
 rule-out sensitivity no more than a margin below the target, and AUC not significantly worse than
-the current champion (the paired-bootstrap 95% CI of candidate minus champion must reach 0). A failed
-gate refuses promotion unless an override reason is given; the reason is recorded as a tag.
+the current champion (the paired-bootstrap 95% CI of candidate minus champion must reach 0). A
+failed gate refuses promotion unless an override reason is given; the reason is recorded as a tag.
 """
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ def check_gates(
         Gate(
             "rule_out_sensitivity",
             bool(np.isfinite(sensitivity)) and sensitivity >= floor,
-            f"lower 95% bound {sensitivity:.3f}, needs >= {floor:.3f} "
-            f"(target {spec.triage.rule_out_sensitivity} - margin {gates.rule_out_sensitivity_margin})",
+            f"lower 95% bound {sensitivity:.3f}, needs >= {floor:.3f} (target "
+            f"{spec.triage.rule_out_sensitivity} - margin {gates.rule_out_sensitivity_margin})",
         ),
     ]
     if gates.auc_non_inferior and champion is not None:

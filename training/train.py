@@ -213,23 +213,6 @@ def calibrate(
     return LogitCalibration(slope=-float(platt.a_), intercept=-float(platt.b_), shift=shift)
 
 
-class _Margin:
-    """Adapter giving the spline baseline the decision_function CalibratedClassifierCV wants."""
-
-    def __init__(self, model: SplineLogisticBaseline) -> None:
-        self.model = model
-        self.classes_ = np.array([0, 1])
-
-    def fit(self, x: Any, y: Any) -> _Margin:
-        return self
-
-    def decision_function(self, x: pd.DataFrame) -> np.ndarray:
-        return self.model.decision_function(x)
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {"model": self.model}
-
-
 def choose_thresholds(y_cal: np.ndarray, p_cal: np.ndarray, spec: ModelSpec) -> Thresholds:
     """Green: highest cut-off meeting the rule-out sensitivity target; red: lowest meeting the
     rule-in PPV target (by Bayes at the deployment prevalence for case-control models)."""
@@ -383,7 +366,7 @@ def fit_baseline(
         binary=["sex"] if "sex" in features.demographics else [],
         categorical=list(features.context),
     ).fit(x["train"], y["train"])
-    calibration = calibrate(_Margin(model), x["calibrate"], y["calibrate"], spec)
+    calibration = calibrate(model, x["calibrate"], y["calibrate"], spec)
     probability = calibration.probability(model.decision_function(x["evaluate"]))
     return model, calibration, probability
 
