@@ -184,7 +184,7 @@ def fit_booster(
     )  # fmt: skip
     categorical = ["pathway"] if "pathway" in x_train else "auto"
     classifier.fit(
-        x_train, y_train, eval_set=[(x_stop, y_stop)], categorical_feature=categorical,
+        x_train, y_train, eval_X=(x_stop,), eval_y=(y_stop,), categorical_feature=categorical,
         callbacks=[lgb.early_stopping(rounds, verbose=False)],
     )  # fmt: skip
     return classifier
