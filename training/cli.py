@@ -214,7 +214,11 @@ def _print_training(result, logged, report_path: Path) -> None:  # type: ignore[
     console = _console()
     console.print(table)
     t = result.predictor.thresholds
-    console.print(f"thresholds: green < {t.rule_out}, red >= {t.rule_in}")
+    console.print(
+        f"thresholds: green < {t.rule_out:.4g}, red >= {t.rule_in:.4g}"
+        if t.rule_out is not None and t.rule_in is not None
+        else f"thresholds: green < {t.rule_out}, red >= {t.rule_in}"
+    )
     console.print(f"excluded as ineligible: {result.provenance['exclusions'] or 'none'}")
     console.print(f"run {logged.run_id}; registered version {logged.version} (alias challenger)")
     console.print(f"report: {report_path}")
@@ -241,7 +245,7 @@ def compare(
             str(row["version"]),
             row["aliases"] or "-",
             f"{row['auc']:.3f} [{row['auc_ci'][0]:.3f}, {row['auc_ci'][1]:.3f}]",
-            "-" if diff is None else f"{diff:+.4f} [{row['auc_diff_ci'][0]:+.4f}, "
+            "-" if row["auc_diff_ci"] is None else f"{diff:+.4f} [{row['auc_diff_ci'][0]:+.4f}, "
             f"{row['auc_diff_ci'][1]:+.4f}]",
             f"{row['calibration_slope']:.3f}",
             f"{row['observed_expected']:.3f}",
@@ -296,6 +300,7 @@ def report(
 
     from training.registry import run_artifact_json
     from training.report import render_report
+    from training.tracking import comparison_tables
 
     tracking = _tracking(workdir)
     client = tracking.client
@@ -303,12 +308,14 @@ def report(
     shap_path = mlflow.artifacts.download_artifacts(
         run_id=run_id, artifact_path="shap_sample.parquet", tracking_uri=tracking.uri
     )
+    evaluation = run_artifact_json(client, run_id, "metrics.json")
     html = render_report(
         title=f"{card.get('title', card.get('name', run_id))}: evaluation report",
         model_card=card,
-        evaluation=run_artifact_json(client, run_id, "metrics.json"),
+        evaluation=evaluation,
         baseline_evaluation=run_artifact_json(client, run_id, "baseline_metrics.json"),
         shap_sample=pd.read_parquet(shap_path),
+        extra_tables=comparison_tables(evaluation),
     )
     target = out or workdir / "reports" / f"run-{run_id}.html"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -319,17 +326,21 @@ def report(
 @app.command(name="models")
 def list_models(workdir: WorkdirOption = Path("var")) -> None:
     """Registered models with their versions, aliases and evaluation AUC."""
-    client = _tracking(workdir).client
+    from training.promote import aliases_by_version
+
+    tracking = _tracking(workdir)
+    client = tracking.client
     table = Table(title="Registered models")
     for column in ("model", "version", "aliases", "AUC", "status", "run"):
         table.add_column(column)
     for model in client.search_registered_models():
+        aliases = aliases_by_version(tracking, model.name)
         for mv in sorted(
             client.search_model_versions(f"name = '{model.name}'"), key=lambda v: int(v.version)
         ):
-            table.add_row(model.name, str(mv.version), ",".join(mv.aliases or []) or "-",
-                          mv.tags.get("auc", "-"), mv.tags.get("validation_status", "-"),
-                          mv.run_id or "-")  # fmt: skip
+            names = ",".join(aliases.get(str(mv.version), [])) or "-"
+            table.add_row(model.name, str(mv.version), names, mv.tags.get("auc", "-"),
+                          mv.tags.get("validation_status", "-"), mv.run_id or "-")  # fmt: skip
     _console().print(table)
 
 

@@ -111,7 +111,7 @@ def check_gates(
         ),
     ]
     if gates.auc_non_inferior and champion is not None:
-        if champion.version.version == candidate.version.version:
+        if str(champion.version.version) == str(candidate.version.version):
             result.append(Gate("auc_vs_champion", True, "the candidate is the champion"))
         else:
             diff = paired_difference(candidate, champion, spec.outcome.column, n_boot, spec.seed)
@@ -158,6 +158,7 @@ def compare(tracking: Tracking, spec: ModelSpec, n_boot: int = 200) -> pd.DataFr
     client = tracking.client
     champion = champion_of(tracking, spec.name)
     rows = []
+    aliases = aliases_by_version(tracking, spec.name)
     versions = client.search_model_versions(f"name = '{spec.name}'")
     for mv in sorted(versions, key=lambda v: int(v.version)):
         candidate = load_candidate(tracking, spec.name, str(mv.version))
@@ -166,13 +167,13 @@ def compare(tracking: Tracking, spec: ModelSpec, n_boot: int = 200) -> pd.DataFr
         sens = green.get("sensitivity") or {}
         diff = (
             paired_difference(candidate, champion, spec.outcome.column, n_boot, spec.seed)
-            if champion is not None and champion.version.version != mv.version
+            if champion is not None and str(champion.version.version) != str(mv.version)
             else None
         )
         rows.append(
             {
                 "version": int(mv.version),
-                "aliases": ",".join(mv.aliases or []),
+                "aliases": ",".join(aliases.get(str(mv.version), [])),
                 "run_id": mv.run_id,
                 "auc": auc["estimate"],
                 "auc_ci": (auc["low"], auc["high"]),
@@ -187,6 +188,14 @@ def compare(tracking: Tracking, spec: ModelSpec, n_boot: int = 200) -> pd.DataFr
             }
         )
     return pd.DataFrame(rows)
+
+
+def aliases_by_version(tracking: Tracking, name: str) -> dict[str, list[str]]:
+    """Version number (as text) -> its aliases (search results do not carry them)."""
+    out: dict[str, list[str]] = {}
+    for alias, number in tracking.client.get_registered_model(name).aliases.items():
+        out.setdefault(str(number), []).append(alias)
+    return out
 
 
 def _net_benefit_at(candidate: Candidate, spec: ModelSpec) -> float | None:

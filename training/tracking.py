@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
@@ -52,6 +53,18 @@ def signature(spec: ModelSpec) -> ModelSignature:
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 
+def comparison_tables(evaluation: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """Extra report tables computed at training time (paired LightGBM vs baseline AUC)."""
+    diff = evaluation.get("vs_baseline")
+    if not diff:
+        return {}
+    row = {
+        "AUC difference (LightGBM - spline baseline)": f"{diff['estimate']:+.4f}",
+        "95% CI (paired patient-level bootstrap)": f"[{diff['low']:+.4f}, {diff['high']:+.4f}]",
+    }
+    return {"LightGBM vs spline baseline, paired": pd.DataFrame([row])}
+
+
 def render(result: TrainResult, run_id: str | None = None) -> tuple[dict[str, Any], str]:
     """The model card and the HTML report of a training result."""
     card = build_model_card(result.spec, data_summary=result.provenance)
@@ -63,6 +76,7 @@ def render(result: TrainResult, run_id: str | None = None) -> tuple[dict[str, An
         evaluation=result.evaluation,
         baseline_evaluation=result.baseline_evaluation,
         shap_sample=result.shap_sample,
+        extra_tables=comparison_tables(result.evaluation),
     )
     return card, html
 

@@ -37,6 +37,7 @@ from training.evaluate import (
     choose_rule_out_threshold,
     evaluate_predictions,
     oracle_summary,
+    paired_auc_difference,
 )
 from training.provenance import code_version, files_sha256
 
@@ -341,6 +342,10 @@ def train_model(spec: ModelSpec, options: TrainOptions) -> TrainResult:
     baseline_evaluation = evaluate_model(
         periods["evaluate"], p_base, thresholds, baseline_calibration, spec, options.n_boot, seed
     )
+    evaluation["vs_baseline"] = paired_auc_difference(
+        y["evaluate"], p_eval, p_base, periods["evaluate"]["patient_id"].to_numpy(),
+        n_boot=options.n_boot, seed=seed,
+    )  # fmt: skip
     predictions = periods["evaluate"][["patient_id", spec.outcome.column]].assign(
         probability=p_eval, baseline_probability=p_base
     )
