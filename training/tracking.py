@@ -65,6 +65,19 @@ def comparison_tables(evaluation: dict[str, Any]) -> dict[str, pd.DataFrame]:
     return {"LightGBM vs spline baseline, paired": pd.DataFrame([row])}
 
 
+def input_example(spec: ModelSpec) -> pd.DataFrame:
+    """A made-up patient at the reference midpoints: never a real record inside the artifact."""
+    row: dict[str, Any] = {}
+    for code in spec.features.analytes:
+        interval = spec.catalogue[code].reference
+        low = interval.low if interval.low is not None else 0.0
+        row[code] = low if interval.high is None else (low + interval.high) / 2
+    row |= {"age": 65.0, "sex": "female"}
+    if "pathway" in spec.features.context:
+        row["pathway"] = spec.cohort.pathways[0] if spec.cohort.pathways else "lower_gi"
+    return pd.DataFrame([row])
+
+
 def render(result: TrainResult, run_id: str | None = None) -> tuple[dict[str, Any], str]:
     """The model card and the HTML report of a training result."""
     card = build_model_card(result.spec, data_summary=result.provenance)
@@ -127,6 +140,7 @@ def log_training(result: TrainResult, tracking: Tracking, *, register: bool = Tr
                 code_paths=[str(MODELS_PACKAGE)],
                 pip_requirements=pip_requirements(),
                 signature=signature(spec),
+                input_example=input_example(spec),
             )
         version = None
         if register:
