@@ -46,7 +46,7 @@ def rcs_term(x: FloatArray, knots: Sequence[float]) -> FloatArray:
     return result
 
 
-class SplineLogisticBaseline(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+class SplineLogisticBaseline(ClassifierMixin, BaseEstimator):
     """Restricted-cubic-spline logistic regression (scikit-learn contract: fit returns self)."""
 
     def __init__(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -151,7 +151,7 @@ def _tracking(workdir: Path):  # type: ignore[no-untyped-def]
     return Tracking(workdir)
 
 
-def _fmt_ci(block: dict | None) -> str:  # type: ignore[type-arg]
+def _fmt_ci(block: dict[str, Any] | None) -> str:
     if not block or block.get("estimate") is None:
         return "-"
     return f"{block['estimate']:.3f} [{block['low']:.3f}, {block['high']:.3f}]"

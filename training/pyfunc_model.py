@@ -16,7 +16,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 
-class TriagePyfunc(PythonModel):  # type: ignore[misc]
+class TriagePyfunc(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         from models.predictor import TriagePredictor
 

@@ -18,7 +18,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.types.schema import ColSpec, Schema
+from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
 import models
 from models.spec import ModelSpec
@@ -45,10 +45,15 @@ def pip_requirements() -> list[str]:
 
 def signature(spec: ModelSpec) -> ModelSignature:
     """Canonical-unit inputs named by catalogue code; probability, band and status out."""
-    inputs = [ColSpec("double", code, required=False) for code in spec.features.analytes]
+    inputs: list[ColSpec | TensorSpec] = [
+        ColSpec("double", code, required=False) for code in spec.features.analytes
+    ]
     inputs += [ColSpec("double", "age"), ColSpec("string", "sex")]
     inputs += [ColSpec("string", name) for name in spec.features.context]
-    outputs = [ColSpec("double", "probability"), ColSpec("string", "band")]
+    outputs: list[ColSpec | TensorSpec] = [
+        ColSpec("double", "probability"),
+        ColSpec("string", "band"),
+    ]
     outputs.append(ColSpec("string", "status"))
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 

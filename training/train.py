@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -183,7 +183,7 @@ def fit_booster(
         **params, random_state=seed, n_jobs=num_threads, deterministic=True,
         force_row_wise=True, verbose=-1,
     )  # fmt: skip
-    categorical = ["pathway"] if "pathway" in x_train else "auto"
+    categorical: list[str] | Literal["auto"] = ["pathway"] if "pathway" in x_train else "auto"
     classifier.fit(
         x_train, y_train, eval_X=(x_stop,), eval_y=(y_stop,), categorical_feature=categorical,
         callbacks=[lgb.early_stopping(rounds, verbose=False)],
