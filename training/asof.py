@@ -1,0 +1,134 @@
+"""As-of selection: from a long lab extract to one wide row per index event.
+
+A model may only see what was known before its index date. For each index event (a referral, or
+a person's index blood test) and each analyte, the result kept is the latest one taken within
+`window_days` before the index date: `index_date - window <= sample_time < index_date`. Anything
+on or after the index date is never used, however close. Test codes are resolved to catalogue
+codes through `Catalogue.resolve` (LOINC or catalogue code); values and units stay as reported,
+so the usual validation converts them afterwards. Training and replay both use this function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from models.analytes import CATALOGUE, Catalogue
+
+RESULT_COLUMNS = ("patient_id", "sample_time", "code", "value", "unit")
+EVENT_COLUMNS = ("patient_id", "index_date")
+
+
+def as_of_wide(
+    results: pd.DataFrame,
+    index_events: pd.DataFrame,
+    *,
+    window_days: int = 90,
+    catalogue: Catalogue = CATALOGUE,
+) -> pd.DataFrame:
+    """One row per index event (in the given order): the event's columns, then `{code}` (value
+    as reported) and `{code}_unit` (unit as reported) for every analyte found in `results`, in
+    catalogue order. NaN where no result falls inside the window. Ties in sample time go to the
+    result that comes later in `results`; results with unknown codes or no value are ignored."""
+    _require(results, RESULT_COLUMNS, "results")
+    _require(index_events, EVENT_COLUMNS, "index_events")
+    events = index_events.reset_index(drop=True)
+    analyte, codes = _resolve(results["code"], catalogue)
+    usable = (analyte >= 0) & results["value"].notna().to_numpy()
+    result_rows, event_rows = _pair_by_patient(
+        results["patient_id"].to_numpy(np.int64)[usable],
+        events["patient_id"].to_numpy(np.int64),
+    )
+    result_rows = np.flatnonzero(usable)[result_rows]
+    taken = _to_ns(results["sample_time"])[result_rows]
+    index_date = _to_ns(events["index_date"])[event_rows]
+    window = np.timedelta64(window_days, "D")
+    inside = (taken >= index_date - window) & (taken < index_date)
+    result_rows, event_rows, taken = result_rows[inside], event_rows[inside], taken[inside]
+    chosen_result, chosen_event, chosen_analyte = _latest(result_rows, event_rows, taken, analyte)
+    return _spread(events, results, chosen_result, chosen_event, chosen_analyte, codes)
+
+
+def _require(frame: pd.DataFrame, columns: Iterable[str], name: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise KeyError(f"{name} lacks columns {missing}; it has {list(frame.columns)}")
+
+
+def _resolve(codes: pd.Series, catalogue: Catalogue) -> tuple[npt.NDArray[np.int64], list[str]]:
+    """Each result's analyte as a position in `found` (-1 when unknown), and `found`: the
+    analytes present, in catalogue order. Resolution runs once per distinct code, not per row."""
+    categorical = codes.astype("category")
+    resolved = [catalogue.resolve(str(c)) for c in categorical.cat.categories]
+    present = {a.code for a in resolved if a is not None}
+    found = [code for code in catalogue.codes if code in present]
+    position = np.array(
+        [found.index(a.code) if a is not None else -1 for a in resolved] + [-1], dtype=np.int64
+    )
+    return position[categorical.cat.codes.to_numpy()], found  # code -1 (missing) -> the last, -1
+
+
+def _to_ns(column: pd.Series) -> npt.NDArray[np.datetime64]:
+    return np.asarray(pd.to_datetime(column).to_numpy(dtype="datetime64[ns]"))
+
+
+def _pair_by_patient(
+    result_patient: npt.NDArray[np.int64], event_patient: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Every (result, event) pair of the same patient, as positions: a vectorised inner join
+    (most patients have one event, so this is about the size of `results`)."""
+    order = np.argsort(event_patient, kind="stable")
+    sorted_patient = event_patient[order]
+    first = np.searchsorted(sorted_patient, result_patient, side="left")
+    count = np.searchsorted(sorted_patient, result_patient, side="right") - first
+    result_rows = np.repeat(np.arange(len(result_patient)), count)
+    within = np.arange(len(result_rows)) - np.repeat(np.cumsum(count) - count, count)
+    return result_rows, order[np.repeat(first, count) + within]
+
+
+def _latest(
+    result_rows: npt.NDArray[np.int64],
+    event_rows: npt.NDArray[np.int64],
+    taken: npt.NDArray[np.datetime64],
+    analyte: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The last result per (event, analyte) by sample time, then by position in `results`."""
+    kind = analyte[result_rows]
+    order = np.lexsort((result_rows, taken, kind, event_rows))
+    event_sorted, kind_sorted = event_rows[order], kind[order]
+    last = np.r_[
+        (event_sorted[1:] != event_sorted[:-1]) | (kind_sorted[1:] != kind_sorted[:-1]), True
+    ]
+    if len(order) == 0:
+        last = np.zeros(0, dtype=bool)
+    return result_rows[order][last], event_sorted[last], kind_sorted[last]
+
+
+def _spread(
+    events: pd.DataFrame,
+    results: pd.DataFrame,
+    result_rows: npt.NDArray[np.int64],
+    event_rows: npt.NDArray[np.int64],
+    analyte: npt.NDArray[np.int64],
+    codes: list[str],
+) -> pd.DataFrame:
+    """The chosen results as `{code}` and `{code}_unit` columns beside the event columns."""
+    values = np.full((len(events), len(codes)), np.nan)
+    values[event_rows, analyte] = results["value"].to_numpy(np.float64)[result_rows]
+    units = results["unit"].astype("category")
+    unit_codes = np.full((len(events), len(codes)), -1, dtype=np.int64)
+    unit_codes[event_rows, analyte] = units.cat.codes.to_numpy()[result_rows]
+    columns: dict[str, object] = {}
+    for j, code in enumerate(codes):
+        columns[code] = values[:, j]
+        columns[f"{code}_unit"] = pd.Categorical.from_codes(
+            unit_codes[:, j], categories=units.cat.categories
+        )
+    analytes = pd.DataFrame(columns, index=events.index)
+    clashes = [c for c in analytes.columns if c in events.columns]
+    if clashes:
+        raise ValueError(f"index_events already has analyte columns {clashes}")
+    return pd.concat([events, analytes], axis=1)
