@@ -37,7 +37,7 @@ def main() -> None:
         trained = time.perf_counter()
         logged = log_training(result, Tracking(work / "var"))
         finished = time.perf_counter()
-    ev = result.evaluation
+    ev, base = result.evaluation, result.baseline_evaluation
     print(f"simulate {args.n:,} referrals: {simulated - started:.1f} s (not part of the target)")
     print(
         f"train + calibrate + thresholds + evaluate ({args.n_boot} bootstrap) + baseline: "
@@ -49,7 +49,29 @@ def main() -> None:
         f"rows per period: {result.provenance['rows']}; best iteration "
         f"{result.provenance['best_iteration']}; version {logged.version}"
     )
-    print(f"AUC {ev['auc']['estimate']:.4f} [{ev['auc']['low']:.4f}, {ev['auc']['high']:.4f}]")
+    oracle, cal, bcal = ev["oracle"], ev["calibration"], base["calibration"]
+    print("evaluation period 2017-2019 | LightGBM | spline baseline")
+    print(f"AUC [95% CI] | {_ci(ev['auc'])} | {_ci(base['auc'])}")
+    print(f"oracle AUC (true risk) | {oracle['oracle_auc']:.4f} (gap {oracle['auc_gap']:+.4f}) |")
+    print(f"calibration slope | {cal['slope']:.3f} | {bcal['slope']:.3f}")
+    print(f"O/E | {cal['observed_expected']:.3f} | {bcal['observed_expected']:.3f}")
+    print(f"Brier | {ev['brier']:.4f} | {base['brier']:.4f}")
+    diff = ev["vs_baseline"]
+    print(
+        f"AUC LightGBM - baseline (paired) | {diff['estimate']:+.4f} "
+        f"[{diff['low']:+.4f}, {diff['high']:+.4f}] |"
+    )
+    green = ev["thresholds"]["green"]
+    print(
+        f"green: sensitivity {_ci(green['sensitivity'])}, ruled out {green['share_ruled_out']:.1%}"
+    )
+    red = ev["thresholds"]["red"]
+    if red:
+        print(f"red: PPV {_ci(red['ppv'])}, expedited {red['share_expedited']:.1%}")
+
+
+def _ci(block: dict) -> str:  # type: ignore[type-arg]
+    return f"{block['estimate']:.4f} [{block['low']:.4f}, {block['high']:.4f}]"
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, cast
 
 import typer
 from rich.console import Console
@@ -166,15 +166,27 @@ def train(
     seed: Annotated[int | None, typer.Option(help="override the spec's seed")] = None,
     window_days: Annotated[int, typer.Option(help="as-of window for long cohorts")] = 90,
     register: Annotated[bool, typer.Option(help="register the model as challenger")] = True,
+    source: Annotated[
+        str, typer.Option(help="auto | wide | long: which tables of a cohort folder to use")
+    ] = "auto",
 ) -> None:
     """Train, calibrate, evaluate, log to MLflow and register a model (alias challenger)."""
     from models.spec import load_spec
     from training.tracking import log_training
     from training.train import TrainOptions, train_model
 
+    if source not in ("auto", "wide", "long"):
+        raise typer.BadParameter(f"--source must be auto, wide or long, not {source!r}")
     model_spec = load_spec(spec)
     result = train_model(
-        model_spec, TrainOptions(cohort=cohort, window_days=window_days, n_boot=n_boot, seed=seed)
+        model_spec,
+        TrainOptions(
+            cohort=cohort,
+            window_days=window_days,
+            source=cast(Literal["auto", "wide", "long"], source),
+            n_boot=n_boot,
+            seed=seed,
+        ),
     )
     logged = log_training(result, _tracking(workdir), register=register)
     reports = workdir / "reports"

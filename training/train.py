@@ -53,6 +53,7 @@ SHAP_SAMPLE_ROWS = 2000
 class TrainOptions:
     cohort: Path
     window_days: int = 90
+    source: Literal["auto", "wide", "long"] = "auto"  # for a folder holding both formats
     n_boot: int = 200
     seed: int | None = None  # None: the spec's seed
     num_threads: int = 0  # 0: all cores, for fitting and batch prediction
@@ -85,15 +86,21 @@ class TrainResult:
 # --- load and validate ----------------------------------------------------------------------------
 
 
-def load_cohort(path: Path, window_days: int) -> pd.DataFrame:
-    """A wide cohort: a wide file, or a folder holding a wide table or long results + index."""
+def load_cohort(
+    path: Path, window_days: int, source: Literal["auto", "wide", "long"] = "auto"
+) -> pd.DataFrame:
+    """A wide cohort: a wide file, or a folder holding a wide table or long results + index.
+
+    Long data goes through the as-of selection: per index event and analyte, the latest result
+    within `window_days` before the index date, never one on or after it.
+    """
     if path.is_dir():
         results = sorted(path.glob("*_results.parquet"))
         index = sorted(path.glob("*_index.parquet"))
         wide = sorted(path.glob("*_wide.parquet"))
-        if wide:
+        if wide and source != "long":
             return pd.read_parquet(wide[0])
-        if results and index:
+        if results and index and source != "wide":
             from training.asof import as_of_wide
 
             return as_of_wide(
@@ -297,7 +304,7 @@ def train_model(spec: ModelSpec, options: TrainOptions) -> TrainResult:
     """Build, calibrate and judge one model from a cohort (no tracking: see `log_training`)."""
     started = time.perf_counter()
     seed = spec.seed if options.seed is None else options.seed
-    raw = select_population(load_cohort(options.cohort, options.window_days), spec)
+    raw = select_population(load_cohort(options.cohort, options.window_days, options.source), spec)
     cohort = validate_cohort(raw, spec, files_sha256([options.cohort]))
     periods = split_periods(cohort.frame, spec)
     y = {k: v[spec.outcome.column].to_numpy(np.int64) for k, v in periods.items()}

@@ -182,3 +182,35 @@ def test_custom_cohort_with_its_own_columns_and_units(
     assert result.evaluation["auc"]["estimate"] > 0.6, "the mapped cohort trains a useful model"
     hb = result.periods["train"]["haemoglobin"]
     assert 100 < hb.median() < 160, "g/dL values were converted to g/L through the mapping"
+
+
+def test_long_format_trains_the_same_model_as_the_wide_table(
+    cohorts: dict[str, Path], any_cancer: TrainResult
+) -> None:
+    """Lab extracts + index events, through the as-of selection, give the same model."""
+    from_long = train_model(
+        load_spec("any_cancer"), TrainOptions(cohorts["referrals"], source="long", n_boot=N_BOOT)
+    )
+    assert from_long.provenance["rows"] == any_cancer.provenance["rows"]
+    rows = any_cancer.periods["evaluate"].head(300)
+    assert np.array_equal(
+        from_long.predictor.predict(rows)["probability"].to_numpy(),
+        any_cancer.predictor.predict(rows)["probability"].to_numpy(),
+    ), "as-of selection reproduces the wide table, so the fitted model is identical"
+
+
+def test_registered_model_loads_with_mlflow_pyfunc(any_cancer: TrainResult, tmp_path: Path) -> None:
+    import mlflow
+
+    tracking = Tracking(tmp_path / "var")
+    log_training(any_cancer, tracking)
+    model = mlflow.pyfunc.load_model(f"models:/any_cancer@{CHALLENGER}")
+    rows = any_cancer.periods["evaluate"].head(50)
+    inputs = rows[[*any_cancer.spec.features.analytes, "age", "sex", "pathway"]].copy()
+    inputs["age"] = inputs["age"].astype(float)
+    inputs.loc[0, "haemoglobin"] = 9.8  # implausible in g/L: refused, not scored
+    out = model.predict(inputs)
+    expected = any_cancer.predictor.predict(rows)["probability"].to_numpy()
+    assert np.array_equal(out["probability"].to_numpy()[1:], expected[1:])
+    assert np.isnan(out["probability"][0]) and out["status"][0] == "out_of_limits"
+    assert set(out["band"][1:]) <= {"green", "amber", "red"}
