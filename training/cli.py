@@ -16,7 +16,7 @@ app = typer.Typer(
 )
 
 
-def _console() -> Console:
+def make_console() -> Console:
     """A console as wide as the terminal, or 200 columns when piped (tables stay readable)."""
     probe = Console()
     return probe if probe.is_terminal else Console(width=200)
@@ -44,7 +44,7 @@ def analytes() -> None:
             a.limits.describe(),
             a.panel,
         )
-    _console().print(table)
+    make_console().print(table)
 
 
 @app.command()
@@ -66,7 +66,7 @@ def specs() -> None:
             f"{s.train.start.year}-{s.train.end.year} / {s.calibrate.start.year}-"
             f"{s.calibrate.end.year} / {s.evaluate.start.year}-{s.evaluate.end.year}",
         )
-    _console().print(table)
+    make_console().print(table)
 
 
 @app.command()
@@ -110,12 +110,12 @@ def validate(
             f"{row['count']:,}",
             style=style,
         )
-    _console().print(table if len(summary) else f"{file}: {len(frame):,} rows, no issues")
+    make_console().print(table if len(summary) else f"{file}: {len(frame):,} rows, no issues")
     if issues_out is not None:
         result.issues.to_parquet(issues_out, index=False)
     n_errors = int((result.issues["severity"] == "error").sum())
     if strict and n_errors:
-        _console().print(f"[red]{n_errors:,} errors[/red]")
+        make_console().print(f"[red]{n_errors:,} errors[/red]")
         raise typer.Exit(code=1)
 
 
@@ -134,7 +134,7 @@ def simulate(
     from training.simulate import run_simulation
 
     manifest = run_simulation(cohort=cohort, n=n, seed=seed, out=out, artefacts=artefacts)
-    _console().print_json(data=manifest)
+    make_console().print_json(data=manifest)
 
 
 WorkdirOption = Annotated[
@@ -223,7 +223,7 @@ def _print_training(result, logged, report_path: Path) -> None:  # type: ignore[
             rows.append((f"{band}: PPV", _fmt_ci(block.get("ppv")), ""))
     for row in rows:
         table.add_row(*row)
-    console = _console()
+    console = make_console()
     console.print(table)
     t = result.predictor.thresholds
     console.print(
@@ -267,7 +267,7 @@ def compare(
             "-" if row["share_ruled_out"] is None else f"{row['share_ruled_out']:.1%}",
             "-" if row["net_benefit"] is None else f"{row['net_benefit']:.4f}",
         )  # fmt: skip
-    _console().print(table)
+    make_console().print(table)
 
 
 @app.command()
@@ -292,7 +292,7 @@ def promote(
     for gate in gates:
         table.add_row(gate.name, "pass" if gate.passed else "FAIL", gate.detail,
                       style=None if gate.passed else "red")  # fmt: skip
-    console = _console()
+    console = make_console()
     console.print(table)
     if not promoted:
         console.print("[red]refused: gates failed (use --override-reason to overrule)[/red]")
@@ -332,7 +332,7 @@ def report(
     target = out or workdir / "reports" / f"run-{run_id}.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(html)
-    _console().print(f"report: {target}")
+    make_console().print(f"report: {target}")
 
 
 @app.command(name="models")
@@ -353,7 +353,7 @@ def list_models(workdir: WorkdirOption = Path("var")) -> None:
             names = ",".join(aliases.get(str(mv.version), [])) or "-"
             table.add_row(model.name, str(mv.version), names, mv.tags.get("auc", "-"),
                           mv.tags.get("validation_status", "-"), mv.run_id or "-")  # fmt: skip
-    _console().print(table)
+    make_console().print(table)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ import argparse
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from models.spec import load_spec
 from models.validation import validate_frame
+from training.cli import make_console
 from training.cohort import read_table
 from training.promote import promote
 from training.registry import Tracking
@@ -58,11 +58,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path("var"))
     parser.add_argument("--referrals", type=int, default=100_000)
-    parser.add_argument("--population", type=int, default=1_000_000)
+    # 4M people give ~2,400 myeloma cases: enough for stable thresholds in a temporal split.
+    parser.add_argument("--population", type=int, default=4_000_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--n-boot", type=int, default=200)
     args = parser.parse_args()
-    console = Console()
+    console = make_console()
     started = time.perf_counter()
     folders = simulate_cohorts(args.workdir, args.referrals, args.population, args.seed)
     console.print(validation_table(folders))
