@@ -9,34 +9,32 @@ from pathlib import Path
 
 
 def code_version() -> str:
-    """Package version plus the git commit (and `+dirty` for uncommitted changes) if any."""
+    """Package version plus the git commit (`.dirty` when tracked files have changes), if known."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         package = version("cancer-triage")
     except PackageNotFoundError:
         package = "0+unknown"
-    here = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=5,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=5,
-        ).stdout.strip()
+        commit = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return package
-    return f"{package}+g{commit}{'.dirty' if dirty else ''}"  # fmt: skip
+    return f"{package}+g{commit}{'.dirty' if dirty else ''}"
+
+
+def _git(*args: str) -> str:
+    """Output of a git command run in this package's folder."""
+    done = subprocess.run(
+        ["git", *args],
+        cwd=Path(__file__).resolve().parent,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=5,
+    )
+    return done.stdout.strip()
 
 
 def files_sha256(paths: Iterable[Path]) -> str:
