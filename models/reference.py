@@ -1,7 +1,7 @@
 """Training reference statistics stored with a model: drift checks (PSI) and soft outliers.
 
 For each feature: the missing rate, interior decile edges of the observed values, the share of rows
-in each bin (with a last bin for missing), and the 0.5th/99.5th percentiles that bound what the
+in each bin (with a last bin for missing), and the 0.1th/99.9th percentiles that bound what the
 model saw in training. The same is kept for the score distribution.
 """
 
@@ -15,7 +15,7 @@ import numpy.typing as npt
 import pandas as pd
 
 FloatArray = npt.NDArray[np.float64]
-SOFT_QUANTILES = (0.005, 0.995)
+SOFT_QUANTILES = (0.001, 0.999)
 PSI_EPSILON = 1e-4
 
 

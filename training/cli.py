@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
@@ -298,6 +301,7 @@ def promote(
         console.print("[red]refused: gates failed (use --override-reason to overrule)[/red]")
         raise typer.Exit(code=1)
     console.print(f"{spec} v{version} is now champion")
+    release(workdir)
 
 
 @app.command()
@@ -354,6 +358,152 @@ def list_models(workdir: WorkdirOption = Path("var")) -> None:
             table.add_row(model.name, str(mv.version), names, mv.tags.get("auc", "-"),
                           mv.tags.get("validation_status", "-"), mv.run_id or "-")  # fmt: skip
     make_console().print(table)
+
+
+def use_bentoml_store(workdir: Path) -> Path:
+    """Point BentoML's model store at the work folder (before bentoml is imported)."""
+    home = Path(os.environ.setdefault("BENTOML_HOME", str((workdir / "bentoml").resolve())))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return home
+
+
+@app.command()
+def release(workdir: WorkdirOption = Path("var")) -> None:
+    """Copy every champion from the MLflow registry into the BentoML store for serving."""
+    use_bentoml_store(workdir)
+    from serving.release import release_champions
+
+    released = release_champions(_tracking(workdir).uri)
+    versions = ", ".join(f"{n} v{m['version']}" for n, m in released["models"].items())
+    make_console().print(f"released {released['tag']}: {versions}")
+
+
+@app.command()
+def serve(
+    workdir: WorkdirOption = Path("var"),
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 3000,
+) -> None:
+    """Serve every released champion with BentoML (one worker per core)."""
+    from serving.config import LOOPBACK_HOSTS, ServingConfig
+
+    home = use_bentoml_store(workdir)
+    env = {**os.environ, "TRIAGE_HOME": str(workdir.resolve()), "BENTOML_HOME": str(home)}
+    config = ServingConfig.from_env(env)  # also creates the pseudonymisation key once, here
+    if not config.auth_required and host not in LOOPBACK_HOSTS:
+        make_console().print(
+            "[red]refused: no API keys are configured (TRIAGE_API_KEYS), so the server binds only "
+            "to loopback (127.0.0.1)[/red]"
+        )
+        raise typer.Exit(code=2)
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Triage",
+               "--host", host, "--port", str(port)]  # fmt: skip
+    raise typer.Exit(code=subprocess.call(command, env=env))
+
+
+audit_app = typer.Typer(help="The audit trail of scored requests.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("export")
+def audit_export(
+    out: Annotated[Path, typer.Option(help="Parquet file to write")] = Path("var/audit.parquet"),
+    workdir: WorkdirOption = Path("var"),
+) -> None:
+    """Write the audit trail (pseudonymised) to Parquet."""
+    from serving.audit import AuditStore
+    from serving.config import ServingConfig
+
+    env = {**os.environ, "TRIAGE_HOME": str(workdir)}
+    store = AuditStore(ServingConfig.from_env(env).audit_url)
+    rows = store.export_parquet(out)
+    problems = store.integrity_problems()
+    make_console().print(f"{rows:,} audit rows -> {out}; integrity: {problems or 'ok'}")
+
+
+@app.command()
+def replay(
+    model: Annotated[
+        list[str],
+        typer.Option(help="NAME@ALIAS or NAME/VERSION; give it twice (A then B) for side by side"),
+    ],
+    cohort: Annotated[
+        Path, typer.Option(help="wide Parquet/CSV, or a folder with wide or long (results+index)")
+    ],
+    out: Annotated[Path, typer.Option(help="output folder: scores, drift, report, manifest")],
+    window: Annotated[int, typer.Option(help="as-of window in days, for long cohorts")] = 90,
+    explain: Annotated[
+        bool, typer.Option(help="add base + per-feature contributions (calibrated log-odds)")
+    ] = False,
+    engine: Annotated[str, typer.Option(help="local (chunked) | spark")] = "local",
+    workdir: WorkdirOption = Path("var"),
+    source: Annotated[
+        str, typer.Option(help="auto | wide | long: which tables of a cohort folder to use")
+    ] = "auto",
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for CIs")] = 200,
+    chunk_rows: Annotated[int, typer.Option(help="rows per chunk (local engine)")] = 200_000,
+    spark_master: Annotated[
+        str | None, typer.Option(help="Spark master (default: spark-submit's, else local[*])")
+    ] = None,
+) -> None:
+    """Replay a cohort through pinned model version(s): scores, drift, evaluation, what-if."""
+    from rich.progress import Progress
+
+    from training.replay import ReplayOptions, open_cohort
+    from training.replay import replay as run_replay
+
+    if engine not in ("local", "spark") or source not in ("auto", "wide", "long"):
+        raise typer.BadParameter(f"--engine local|spark and --source auto|wide|long: {engine}")
+    if not 1 <= len(model) <= 2:
+        raise typer.BadParameter("give --model once, or twice for side by side")
+    options = ReplayOptions(
+        cohort=cohort,
+        out=out,
+        window_days=window,
+        source=cast(Literal["auto", "wide", "long"], source),
+        explain=explain,
+        engine=cast(Literal["local", "spark"], engine),
+        chunk_rows=chunk_rows,
+        n_boot=n_boot,
+        spark_master=spark_master,
+    )
+    console = make_console()
+    with Progress(console=console, transient=True) as progress:
+        rows = open_cohort(cohort, window, options.source).n_rows()
+        task = progress.add_task("replaying", total=rows)
+        result = run_replay(
+            _tracking(workdir), model, options, lambda done: progress.update(task, completed=done)
+        )
+    table = Table(title=f"replay of {cohort} ({result.manifest['cohort']['rows']:,} rows)")
+    for column in ("model", "run", "booster sha256", "scored", "ineligible", "green", "red",
+                   "drift flags", "AUC [95% CI]", "O/E", "cancers green"):  # fmt: skip
+        table.add_column(column)
+    for outcome in result.models:
+        counts, ev, pinned = outcome.counts(), outcome.evaluation or {}, outcome.pinned
+        total: dict[Any, Any] = outcome.what_if.iloc[-1].to_dict() if len(outcome.what_if) else {}
+        table.add_row(
+            pinned.label, pinned.run_id or "-", pinned.booster_sha256[:12],
+            f"{counts['scored']:,}", f"{counts['ineligible']:,}",
+            f"{counts['bands']['green']:,}", f"{counts['bands']['red']:,}",
+            str(int(outcome.drift["flagged"].sum())), _fmt_ci(ev.get("auc")),
+            f"{ev['calibration']['observed_expected']:.3f}" if ev else "-",
+            str(total.get("cancers green", "-")),
+        )  # fmt: skip
+    console.print(table)
+    for outcome in result.models:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in outcome.summary.exclusions.most_common())
+        console.print(f"{outcome.pinned.label}: ineligible (kept in the scores): {reasons or '-'}")
+        flagged = outcome.drift[outcome.drift["psi_flag"] == "major"].head(5)
+        for row in flagged.to_dict("records"):
+            console.print(
+                f"  drift: {row['feature']} at lab {row['lab']}, period {row['period']}: "
+                f"PSI {row['psi']:.2f} (major)"
+            )
+    diff = (result.comparison or {}).get("auc_difference")
+    if diff:
+        a, b = result.comparison["models"]  # type: ignore[index]
+        console.print(f"AUC {a} - {b}: {_fmt_ci(diff)} (paired bootstrap)")
+    console.print(f"outputs in {out}: {', '.join(result.manifest['outputs'])}")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,34 @@
-"""The main job on embedded defaults (`make run`): simulate, validate, train, compare, promote.
+"""The main job on embedded defaults (`make run`): simulate, train, promote, release, serve.
 
 1. simulate a referral cohort and a primary-care myeloma cohort (seeded);
 2. validate them through the analyte catalogue and print the issues found;
 3. train `any_cancer`, `lower_gi` and `myeloma`, log them to MLflow (SQLite under the work folder)
    and register each as `challenger`;
-4. promote each to `champion` when its gates pass, and print where to look next.
+4. promote each to `champion` when its gates pass and release the champions to BentoML;
+5. start the server on 127.0.0.1, send one example JSON and one FHIR request, print ready-to-paste
+   requests, and keep serving until Ctrl-C (`--no-serve` stops after step 4).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 from rich.table import Table
 
 from models.spec import load_spec
 from models.validation import validate_frame
-from training.cli import make_console
+from serving.examples import EXAMPLE_PATIENT, fhir_bundle
+from serving.release import release_champions
+from training.cli import make_console, use_bentoml_store
 from training.cohort import read_table
 from training.promote import promote
 from training.registry import Tracking
@@ -62,7 +73,10 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=4_000_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--n-boot", type=int, default=200)
+    parser.add_argument("--port", type=int, default=3000)
+    parser.add_argument("--no-serve", action="store_true", help="stop after the release")
     args = parser.parse_args()
+    use_bentoml_store(args.workdir)
     console = make_console()
     started = time.perf_counter()
     folders = simulate_cohorts(args.workdir, args.referrals, args.population, args.seed)
@@ -93,12 +107,70 @@ def main() -> None:
             "yes" if promoted else f"no ({failed})",
         )
     console.print(summary)
+    released = release_champions(tracking.uri)
+    console.print(f"released to BentoML: {released['tag']}")
     console.print(f"reports: {args.workdir / 'reports'}")
     console.print(
         f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {tracking.uri} "
         "--host 127.0.0.1 --port 5000"
     )
-    console.print(f"done in {time.perf_counter() - started:.0f} s")
+    console.print(f"set up in {time.perf_counter() - started:.0f} s")
+    if not args.no_serve:
+        serve_and_show(args.workdir, args.port, console)
+
+
+def serve_and_show(workdir: Path, port: int, console: Any) -> None:
+    """Start the server, show one real JSON and FHIR exchange, then serve until Ctrl-C."""
+    examples = workdir / "examples"
+    examples.mkdir(parents=True, exist_ok=True)
+    (examples / "score.json").write_text(json.dumps(EXAMPLE_PATIENT, indent=1))
+    (examples / "fhir_bundle.json").write_text(json.dumps(fhir_bundle(), indent=1))
+    env = {**os.environ, "TRIAGE_HOME": str(workdir.resolve())}
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Triage",
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    server = subprocess.Popen(command, env=env)
+    url = f"http://127.0.0.1:{port}"
+    signal.signal(signal.SIGTERM, _stop)  # a TERM to this job stops its server too
+    try:
+        wait_ready(url, server)
+        score = httpx.post(f"{url}/v1/score", json=EXAMPLE_PATIENT, timeout=10).json()
+        fhir = httpx.post(f"{url}/v1/fhir/score", json=fhir_bundle(),
+                          params={"model": "lower_gi"}, timeout=10).json()  # fmt: skip
+        console.print_json(data={"request": EXAMPLE_PATIENT, "response": score})
+        console.print_json(data={"fhir_response": fhir})
+        console.print(f"""
+Serving on {url} (Ctrl-C to stop). Ready-to-paste requests:
+  curl -s {url}/v1/models
+  curl -s -X POST {url}/v1/score -H 'content-type: application/json' -d @{examples}/score.json
+  curl -s -X POST '{url}/v1/fhir/score?model=lower_gi' -H 'content-type: application/fhir+json' \\
+       -d @{examples}/fhir_bundle.json
+  OpenAPI: {url}/docs.json   probes: {url}/livez {url}/readyz   metrics: {url}/metrics""")
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def wait_ready(url: str, server: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """Poll /readyz until the server is ready (or it exits, or the timeout passes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with code {server.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
 
 
 if __name__ == "__main__":

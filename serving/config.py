@@ -1,0 +1,90 @@
+"""Serving configuration: read once, at the edge, from the environment.
+
+| variable | meaning | default |
+|---|---|---|
+| `TRIAGE_API_KEYS` | comma-separated API keys; hashed on load, the raw keys are not kept | none |
+| `TRIAGE_API_KEY_HASHES` | comma-separated SHA-256 hex digests of API keys | none |
+| `TRIAGE_HMAC_KEY` | key for pseudonymising patient references | random, kept in (1) |
+| `TRIAGE_AUDIT_URL` | SQLAlchemy URL of the audit store | SQLite file in (2) |
+| `TRIAGE_MAX_BATCH` | most patients in one batch request | 100 |
+| `TRIAGE_MAX_BODY_BYTES` | largest request body accepted | 262144 |
+| `TRIAGE_RATE_LIMIT` | requests per minute per API key (0: no limit) | 0 |
+| `TRIAGE_HOME` | work folder | `var` |
+
+(1) `{TRIAGE_HOME}/serving/hmac.key`; (2) `{TRIAGE_HOME}/serving/audit.db`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def hash_key(key: str) -> str:
+    """SHA-256 hex digest of an API key (what is stored and compared)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ServingConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    api_key_hashes: tuple[str, ...] = ()
+    hmac_key: SecretStr
+    audit_url: str
+    max_batch: int = Field(default=100, ge=1, le=10_000)
+    max_body_bytes: int = Field(default=262_144, ge=1024)
+    rate_limit_per_minute: int = Field(default=0, ge=0)
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.api_key_hashes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServingConfig:
+        """The configuration from environment variables (see the module docstring)."""
+        env = os.environ if env is None else env
+        home = Path(env.get("TRIAGE_HOME", "var"))
+        hashes = [h.strip().lower() for h in env.get("TRIAGE_API_KEY_HASHES", "").split(",")]
+        hashes += [hash_key(k.strip()) for k in env.get("TRIAGE_API_KEYS", "").split(",")]
+        audit_url = env.get("TRIAGE_AUDIT_URL") or (
+            f"sqlite:///{(home / 'serving' / 'audit.db').resolve()}"
+        )
+        return cls(
+            api_key_hashes=tuple(sorted({h for h in hashes if h and h != hash_key("")})),
+            hmac_key=SecretStr(env.get("TRIAGE_HMAC_KEY") or local_hmac_key(home)),
+            audit_url=audit_url,
+            max_batch=int(env.get("TRIAGE_MAX_BATCH", 100)),
+            max_body_bytes=int(env.get("TRIAGE_MAX_BODY_BYTES", 262_144)),
+            rate_limit_per_minute=int(env.get("TRIAGE_RATE_LIMIT", 0)),
+        )
+
+
+def local_hmac_key(home: Path) -> str:
+    """A random pseudonymisation key kept (mode 0600) in the work folder, made on first use.
+
+    Keeping it stable keeps one patient's pseudonym stable across restarts on this machine;
+    production sets TRIAGE_HMAC_KEY from a secret store instead.
+    """
+    path = home / "serving" / "hmac.key"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    staged = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    try:
+        os.link(staged, path)  # atomic: the first worker's key wins, never a half-written one
+    except FileExistsError:
+        key = path.read_text().strip()
+    finally:
+        staged.unlink()
+    return key

@@ -1,0 +1,119 @@
+"""Pure-ASGI middleware for the /v1 routes: request-body size limit and API-key auth.
+
+Probes (/livez, /readyz, /metrics) and the OpenAPI document are served by BentoML outside /v1 and
+stay open. API keys are held only as SHA-256 digests and compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from functools import cache
+from typing import Any
+
+from serving.config import ServingConfig, hash_key
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@cache
+def current_config() -> ServingConfig:
+    """The worker's configuration, read from the environment once."""
+    return ServingConfig.from_env()
+
+
+async def _reply(send: Send, status: int, code: str, message: str, headers: list[Any]) -> None:
+    body = json.dumps(
+        {"request_id": "", "error": {"code": code, "message": message, "issues": []}}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodySizeLimit:
+    """413 for a body over the configured size (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = current_config().max_body_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _reply(send, 413, "body_too_large", f"the body exceeds {limit} bytes", [])
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _reply(send, 413, "body_too_large", f"the body exceeds {limit} bytes", [])
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def presented_key(headers: dict[bytes, bytes]) -> str | None:
+    """The API key from `Authorization: Bearer ...` or `X-API-Key`."""
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    key = headers.get(b"x-api-key")
+    return key.decode("latin-1").strip() if key else None
+
+
+def key_is_valid(key: str | None, hashes: tuple[str, ...]) -> bool:
+    """Constant-time comparison of the key's digest with every configured digest."""
+    digest = hash_key(key or "")
+    matches = [hmac.compare_digest(digest, stored) for stored in hashes]
+    return key is not None and any(matches)
+
+
+class ApiKeyAuth:
+    """401 unless a configured API key is presented (no keys configured: open, loopback only)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        config = current_config()
+        if scope["type"] == "http" and config.auth_required:
+            key = presented_key(dict(scope.get("headers") or []))
+            if not key_is_valid(key, config.api_key_hashes):
+                await _reply(
+                    send,
+                    401,
+                    "unauthorised",
+                    "a valid API key is required",
+                    [(b"www-authenticate", b"Bearer")],
+                )
+                return
+        await self.app(scope, receive, send)

@@ -1,0 +1,445 @@
+"""The BentoML triage service: it adapts HTTP to the predictors and nothing more.
+
+Routes live in a FastAPI app mounted at /v1 (so the OpenAPI document at /docs.json describes every
+status code); BentoML adds /livez, /readyz, /metrics and /docs.json. Each worker loads the champion
+predictors from the `triage-champions` model in the BentoML store (text boosters + JSON, verified
+by checksum), with one LightGBM thread. Every score is written to the audit trail before the
+response leaves. Thresholds, bands and wording come from the predictor, never from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import prometheus_client
+from fastapi import Body, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from models.predictor import Score
+from models.spec import PATHWAYS
+from models.validation import Issue
+from serving.audit import AuditRecord, AuditStore, pseudonymise
+from serving.config import ServingConfig
+from serving.fhir import FhirError, operation_outcome, parse_bundle, risk_assessment
+from serving.middleware import ApiKeyAuth, BodySizeLimit, current_config
+from serving.release import BUNDLE_NAME, Served, load_release
+from serving.schemas import (
+    BatchItem,
+    BatchRequest,
+    BatchResponse,
+    DriverOut,
+    ErrorBody,
+    ErrorResponse,
+    IssueOut,
+    ModelInfo,
+    ModelRef,
+    ModelsResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+
+logger = logging.getLogger("triage.service")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (400, "malformed JSON"),
+        (401, "missing or wrong API key"),
+        (404, "unknown model"),
+        (413, "request body too large"),
+        (422, "invalid or ineligible input: coded, field-level reasons"),
+        (429, "rate limit exceeded"),
+    )
+}
+
+app = FastAPI(
+    title="Cancer triage API",
+    version="1",
+    description="Calibrated cancer probability, triage band and exact explanation per patient.",
+    openapi_url=None,
+    docs_url=None,
+    redoc_url=None,
+)
+app.add_middleware(ApiKeyAuth)
+app.add_middleware(BodySizeLimit)
+
+
+class ApiError(Exception):
+    """An error answered with a status code and a coded body."""
+
+    def __init__(self, status: int, code: str, message: str, issues: list[Issue] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.issues = status, code, message, issues or []
+
+    def body(self, request_id: str) -> ErrorResponse:
+        return ErrorResponse(
+            request_id=request_id,
+            error=ErrorBody(code=self.code, message=self.message, issues=_issues(self.issues)),
+        )
+
+
+def _issues(issues: list[Issue] | tuple[Issue, ...]) -> list[IssueOut]:
+    return [
+        IssueOut(severity=i.severity, code=i.code, field=i.field, message=i.message) for i in issues
+    ]
+
+
+def _request_id(given: str | None) -> str:
+    return given or uuid.uuid4().hex
+
+
+@app.exception_handler(ApiError)
+def _api_error(request: Request, error: ApiError) -> JSONResponse:
+    request_id = _request_id(request.headers.get("x-request-id"))
+    return JSONResponse(error.body(request_id).model_dump(), status_code=error.status)
+
+
+@app.exception_handler(RequestValidationError)
+def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    request_id = _request_id(request.headers.get("x-request-id"))
+    errors = error.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        failure = ApiError(400, "malformed_json", "the request body is not valid JSON")
+    else:
+        issues = [
+            Issue(
+                "error",
+                str(e.get("type", "invalid")),
+                ".".join(map(str, e["loc"][1:])) or "body",
+                str(e.get("msg", "invalid")),
+            )
+            for e in errors
+        ]
+        failure = ApiError(422, "invalid_request", "the request does not match the schema", issues)
+    return JSONResponse(failure.body(request_id).model_dump(), status_code=failure.status)
+
+
+@cache
+def _metrics() -> dict[str, Any]:
+    """Prometheus metrics, created once per worker on first use."""
+    return {
+        "scores": prometheus_client.Counter(
+            name="triage_scores", documentation="scored patients", labelnames=["model", "band"]
+        ),
+        "warnings": prometheus_client.Counter(
+            name="triage_warnings", documentation="warnings given", labelnames=["model", "code"]
+        ),
+        "refusals": prometheus_client.Counter(
+            name="triage_refusals", documentation="refused patients", labelnames=["model", "code"]
+        ),
+        "probability": prometheus_client.Histogram(
+            name="triage_probability",
+            documentation="predicted probabilities",
+            labelnames=["model"],
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0),
+        ),
+    }
+
+
+@bentoml.service(
+    name="triage",
+    workers="cpu_count",
+    threads=1,
+    envs=[{"name": "OMP_NUM_THREADS", "value": "1"}],
+    traffic={"timeout": 30},
+)
+@bentoml.asgi_app(app, path="/v1")
+class Triage:
+    """Cancer triage models: one worker per core, each holding every champion predictor."""
+
+    champions = bentoml.models.BentoModel(f"{BUNDLE_NAME}:latest")
+
+    def __init__(self) -> None:
+        self.config: ServingConfig = current_config()
+        self.audit = AuditStore(self.config.audit_url)
+        self.served: dict[str, Served] = {}
+        self.not_ready_reason: str | None = None
+        try:
+            folder = Path(self.champions.path)
+        except Exception as error:  # the store has no release yet: stay up, never ready
+            self.not_ready_reason = f"no champion models released: {error}"
+            logger.error("not ready: %s", self.not_ready_reason)
+            return
+        self.served = load_release(folder)  # raises ArtifactError on a tampered artifact
+        logger.info("serving %s", ", ".join(f"{n} v{s.version}" for n, s in self.served.items()))
+
+    def __is_ready__(self) -> bool:
+        return bool(self.served) and self.not_ready_reason is None
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _choose(self, model: str | None, pathway: str | None) -> tuple[Served, str | None]:
+        """The served model for a request and the pathway to pass as context."""
+        if pathway is not None and pathway not in PATHWAYS:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"unknown pathway {pathway!r}",
+                [
+                    Issue(
+                        "error",
+                        "invalid_pathway",
+                        "pathway",
+                        f"pathway {pathway!r} is not one of {', '.join(PATHWAYS)}",
+                    )
+                ],
+            )
+        name = model or (pathway if pathway in self.served else "any_cancer")
+        served = self.served.get(name)
+        if served is None:
+            known = ", ".join(sorted(self.served)) or "none"
+            raise ApiError(404, "unknown_model", f"no model {name!r} is served (served: {known})")
+        spec = served.predictor.spec
+        if "pathway" in spec.features.context and pathway is None:
+            raise ApiError(
+                422,
+                "invalid_request",
+                "this model needs the referral pathway",
+                [
+                    Issue(
+                        "error",
+                        "missing_pathway",
+                        "pathway",
+                        f"{name} uses the referral pathway; give one of {', '.join(PATHWAYS)}",
+                    )
+                ],
+            )
+        if spec.cohort.pathways and pathway is None:
+            pathway = spec.cohort.pathways[0]
+        return served, pathway
+
+    def _score(self, body: ScoreRequest) -> tuple[Served, Score]:
+        served, pathway = self._choose(body.model, body.pathway)
+        record = {
+            "age": body.age,
+            "sex": body.sex,
+            "analytes": {k: {"value": v.value, "unit": v.unit} for k, v in body.analytes.items()},
+        }
+        score = served.predictor.score(record, pathway=pathway)
+        if not score.eligible:
+            for issue in score.issues:
+                if issue.severity == "error":
+                    _metrics()["refusals"].labels(model=served.name, code=issue.code).inc()
+            raise ApiError(422, "ineligible", "the record cannot be scored", list(score.issues))
+        return served, score
+
+    def _audit_record(
+        self,
+        served: Served,
+        score: Score,
+        *,
+        request_id: str,
+        item: int,
+        endpoint: str,
+        patient_reference: str | None,
+    ) -> AuditRecord:
+        assert score.probability is not None and score.band is not None and score.base is not None
+        return AuditRecord.build(
+            request_id=request_id,
+            item=item,
+            endpoint=endpoint,
+            model_name=served.name,
+            model_version=served.version,
+            run_id=served.run_id,
+            patient_pseudonym=pseudonymise(
+                patient_reference, self.config.hmac_key.get_secret_value()
+            ),
+            inputs=score.values,
+            warnings=[i.code for i in score.issues],
+            probability=score.probability,
+            band=score.band,
+            base=score.base,
+            contributions=score.contributions,
+        )
+
+    def _observe(self, served: Served, score: Score) -> None:
+        metrics = _metrics()
+        metrics["scores"].labels(model=served.name, band=score.band).inc()
+        metrics["probability"].labels(model=served.name).observe(score.probability)
+        for issue in score.issues:
+            metrics["warnings"].labels(model=served.name, code=issue.code).inc()
+
+    def _response(self, served: Served, score: Score, request_id: str) -> ScoreResponse:
+        assert score.probability is not None and score.band is not None and score.base is not None
+        assert score.recommendation is not None
+        return ScoreResponse(
+            request_id=request_id,
+            model=ModelRef(name=served.name, version=served.version, run_id=served.run_id),
+            probability=score.probability,
+            band=score.band,
+            recommendation=score.recommendation,
+            thresholds=served.predictor.thresholds.to_dict(),
+            base=score.base,
+            contributions=score.contributions,
+            contributions_by_panel=score.groups,
+            log_odds=score.base + sum(score.contributions.values()),
+            drivers=[
+                DriverOut(
+                    feature=d.feature,
+                    contribution=d.contribution,
+                    text=d.text,
+                    value=d.value,
+                    unit=d.unit,
+                    reference_interval=d.reference,
+                )
+                for d in score.drivers
+            ],
+            warnings=_issues([i for i in score.issues if i.severity == "warning"]),
+        )
+
+    # --- routes ---------------------------------------------------------------------------------
+
+    @app.post("/score", response_model=ScoreResponse, responses=ERRORS)
+    def score(
+        self, body: ScoreRequest, x_request_id: str | None = Header(default=None)
+    ) -> JSONResponse:
+        """Score one patient: probability, band, recommendation and exact explanation."""
+        request_id = body.request_id or _request_id(x_request_id)
+        try:
+            served, score = self._score(body)
+        except ApiError as error:
+            return JSONResponse(error.body(request_id).model_dump(), status_code=error.status)
+        self.audit.write(
+            [
+                self._audit_record(
+                    served,
+                    score,
+                    request_id=request_id,
+                    item=0,
+                    endpoint="score",
+                    patient_reference=body.patient_reference,
+                )
+            ]
+        )
+        self._observe(served, score)
+        return JSONResponse(self._response(served, score, request_id).model_dump())
+
+    @app.post("/score/batch", response_model=BatchResponse, responses=ERRORS)
+    def score_batch(
+        self, body: BatchRequest, x_request_id: str | None = Header(default=None)
+    ) -> JSONResponse:
+        """Score several patients; each is scored or refused on its own."""
+        request_id = _request_id(x_request_id)
+        if len(body.patients) > self.config.max_batch:
+            error = ApiError(
+                422,
+                "batch_too_large",
+                f"at most {self.config.max_batch} patients",
+                [
+                    Issue(
+                        "error",
+                        "batch_too_large",
+                        "patients",
+                        f"{len(body.patients)} > {self.config.max_batch}",
+                    )
+                ],
+            )
+            return JSONResponse(error.body(request_id).model_dump(), status_code=422)
+        items, records, scored = [], [], []
+        for index, patient in enumerate(body.patients):
+            try:
+                served, score = self._score(patient)
+            except ApiError as error:
+                items.append(
+                    BatchItem(
+                        index=index,
+                        status="refused",
+                        error=ErrorBody(
+                            code=error.code, message=error.message, issues=_issues(error.issues)
+                        ),
+                    )
+                )
+                continue
+            item_id = patient.request_id or f"{request_id}.{index}"
+            records.append(
+                self._audit_record(
+                    served,
+                    score,
+                    request_id=request_id,
+                    item=index,
+                    endpoint="score/batch",
+                    patient_reference=patient.patient_reference,
+                )
+            )
+            scored.append((served, score))
+            items.append(
+                BatchItem(
+                    index=index, status="scored", result=self._response(served, score, item_id)
+                )
+            )
+        self.audit.write(records)
+        for served, score in scored:
+            self._observe(served, score)
+        return JSONResponse(BatchResponse(request_id=request_id, results=items).model_dump())
+
+    @app.post(
+        "/fhir/score",
+        responses={200: {"description": "a FHIR RiskAssessment"}, **ERRORS},
+    )
+    def fhir_score(
+        self,
+        bundle: dict[str, Any] = Body(description="a FHIR R4 Bundle: Patient + Observations"),  # noqa: B008
+        model: str | None = Query(default=None, max_length=64),
+        pathway: str | None = Query(default=None, max_length=32),
+        x_request_id: str | None = Header(default=None),
+    ) -> JSONResponse:
+        """FHIR R4 Bundle in, RiskAssessment out (OperationOutcome on error)."""
+        request_id = _request_id(x_request_id)
+        try:
+            served, pathway = self._choose(model, pathway)
+            request = parse_bundle(bundle, served.predictor.catalogue)
+            score = served.predictor.score(request.record, pathway=pathway)
+            if not score.eligible:
+                raise FhirError(score.issues)
+        except ApiError as error:
+            return _fhir_error(
+                error.status, error.issues or [Issue("error", error.code, "model", error.message)]
+            )
+        except FhirError as error:
+            return _fhir_error(422, error.issues)
+        self.audit.write(
+            [
+                self._audit_record(
+                    served,
+                    score,
+                    request_id=request_id,
+                    item=0,
+                    endpoint="fhir/score",
+                    patient_reference=request.subject,
+                )
+            ]
+        )
+        self._observe(served, score)
+        score_warnings = [i for i in score.issues if i.severity == "warning"]
+        assessment = risk_assessment(
+            score,
+            request,
+            model_name=served.name,
+            model_version=served.version,
+            outcome=served.predictor.spec.outcome.definition,
+            request_id=request_id,
+        )
+        if request.warnings or score_warnings:
+            assessment["contained"] = [operation_outcome([*request.warnings, *score_warnings])]
+        return JSONResponse(assessment, media_type="application/fhir+json")
+
+    @app.get("/models", response_model=ModelsResponse, responses=ERRORS)
+    def models(self) -> ModelsResponse:
+        """Discovery: each served model's inputs, units, limits, thresholds, version, use."""
+        return ModelsResponse(
+            models=[
+                ModelInfo(version=s.version, run_id=s.run_id, **s.predictor.describe())
+                for s in self.served.values()
+            ]
+        )
+
+
+def _fhir_error(status: int, issues: list[Issue] | tuple[Issue, ...]) -> JSONResponse:
+    return JSONResponse(
+        operation_outcome(list(issues)), status_code=status, media_type="application/fhir+json"
+    )

@@ -1,0 +1,62 @@
+"""Two small champions (any_cancer, lower_gi) trained, registered, promoted and released once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from models.spec import load_spec
+from serving.middleware import current_config
+from serving.release import release_champions
+from training.promote import promote
+from training.registry import Tracking
+from training.simulate import run_simulation
+from training.tracking import log_training
+from training.train import TrainOptions, TrainResult, train_model
+
+
+@dataclass
+class Released:
+    tracking: Tracking
+    results: dict[str, TrainResult]
+    cohort: pd.DataFrame  # the wide simulated cohort (canonical units, with metadata)
+
+
+@pytest.fixture(scope="session")
+def released(tmp_path_factory: pytest.TempPathFactory) -> Released:
+    root = tmp_path_factory.mktemp("serving")
+    run_simulation(cohort="referrals", n=20_000, seed=21, out=root / "cohort")
+    tracking = Tracking(root / "var")
+    results = {}
+    for name in ("any_cancer", "lower_gi"):
+        result = train_model(load_spec(name), TrainOptions(root / "cohort", n_boot=10))
+        logged = log_training(result, tracking)
+        promote(tracking, result.spec, str(logged.version), override_reason="test fixture")
+        results[name] = result
+    release_champions(tracking.uri)
+    cohort = pd.read_parquet(next((root / "cohort").glob("*_wide.parquet")))
+    return Released(tracking, results, cohort)
+
+
+@pytest.fixture(scope="session")
+def asgi_app(released: Released) -> Any:
+    """The service as an ASGI app, built once: BentoML registers its metrics per app, and a
+    process holds one Prometheus registry. Each TestClient context starts a fresh Triage."""
+    from serving.service import Triage
+
+    return Triage.to_asgi()
+
+
+@pytest.fixture
+def serving_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """A fresh work folder (audit store, HMAC key) and configuration for one test."""
+    monkeypatch.setenv("TRIAGE_HOME", str(tmp_path / "var"))
+    monkeypatch.setenv("TRIAGE_HMAC_KEY", "test-hmac-key-not-a-secret")
+    current_config.cache_clear()
+    yield tmp_path / "var"
+    current_config.cache_clear()

@@ -1,0 +1,280 @@
+"""The triage API through the in-process ASGI app: parity, additivity, FHIR, errors, audit."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+
+from serving.audit import AuditStore
+from serving.config import ServingConfig
+from serving.examples import EXAMPLE_PATIENT, fhir_bundle
+from serving.middleware import current_config
+from tests.serving.conftest import Released
+
+FBC_RENAL = ("haemoglobin", "wbc", "platelets", "sodium", "potassium", "creatinine")
+
+
+@pytest.fixture
+def client(asgi_app: Any, serving_env: Path) -> Iterator[TestClient]:
+    with TestClient(asgi_app) as test_client:
+        yield test_client
+
+
+def _request(row: pd.Series, model: str) -> dict[str, Any]:
+    """An API request for one cohort row (canonical units; Hb in its reported unit)."""
+    analytes = {}
+    for code in (c for c in row.index if c in FBC_RENAL or c in ("mcv", "crp", "albumin", "alp")):
+        if pd.notna(row[code]):
+            unit = row.get("haemoglobin_unit") if code == "haemoglobin" else None
+            analytes[code] = {"value": float(row[code]), "unit": unit}
+    return {"model": model, "pathway": row["pathway"], "age": float(row["age"]),
+            "sex": row["sex"], "analytes": analytes}  # fmt: skip
+
+
+def _eligible_rows(released: Released, pathway: str, n: int) -> pd.DataFrame:
+    rows = released.cohort[released.cohort["pathway"] == pathway]
+    rows = rows[rows[list(FBC_RENAL)].notna().all(axis=1) & ~rows["artefact_wrong_unit"]]
+    return rows.head(n)
+
+
+def test_api_probability_equals_the_predictor_exactly(
+    client: TestClient, released: Released
+) -> None:
+    predictor = released.results["lower_gi"].predictor
+    for _, row in _eligible_rows(released, "lower_gi", 40).iterrows():
+        request = _request(row, "lower_gi")
+        response = client.post("/v1/score", json=request)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        values = predictor.score(request, pathway="lower_gi").values
+        frame = pd.DataFrame([{**values, "age": request["age"], "sex": request["sex"]}])
+        expected = predictor.predict(frame)["probability"].iloc[0]
+        assert body["probability"] == expected, "API and TriagePredictor.predict agree exactly"
+        logit = math.log(body["probability"] / (1 - body["probability"]))
+        total = body["base"] + sum(body["contributions"].values())
+        assert abs(total - logit) < 1e-9, "base + sum(contributions) == logit(probability)"
+        assert abs(sum(body["contributions_by_panel"].values()) - (total - body["base"])) < 1e-9
+        band = body["band"]
+        t = body["thresholds"]
+        assert (band == "green") == (
+            t["rule_out"] is not None and body["probability"] < t["rule_out"]
+        )
+
+
+def test_same_patient_in_g_per_dl_and_g_per_l_scores_the_same(client: TestClient) -> None:
+    in_g_dl = copy.deepcopy(EXAMPLE_PATIENT)
+    in_g_l = copy.deepcopy(EXAMPLE_PATIENT)
+    in_g_l["analytes"]["haemoglobin"] = {"value": 109, "unit": "g/L"}
+    a, b = client.post("/v1/score", json=in_g_dl), client.post("/v1/score", json=in_g_l)
+    assert a.status_code == b.status_code == 200, (a.text, b.text)
+    assert a.json()["probability"] == b.json()["probability"], "units never change the score"
+    warnings = {w["code"] for w in a.json()["warnings"]}
+    assert "unit_converted" in warnings, "the conversion is reported"
+
+
+def test_any_cancer_needs_a_pathway_and_uses_it(client: TestClient) -> None:
+    request = {**EXAMPLE_PATIENT, "model": "any_cancer"}
+    missing = client.post("/v1/score", json=request)
+    assert missing.status_code == 422
+    assert missing.json()["error"]["issues"][0]["code"] == "missing_pathway"
+    scored = client.post("/v1/score", json={**request, "pathway": "lower_gi"})
+    assert scored.status_code == 200 and scored.json()["model"]["name"] == "any_cancer"
+
+
+def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
+    given = client.post("/v1/score", json={**EXAMPLE_PATIENT, "request_id": "req-123"})
+    assert given.json()["request_id"] == "req-123"
+    generated = client.post("/v1/score", json=EXAMPLE_PATIENT).json()["request_id"]
+    assert len(generated) == 32, "a fresh id when the client gives none"
+
+
+def _with(**analytes: Any) -> dict[str, Any]:
+    request = copy.deepcopy(EXAMPLE_PATIENT)
+    request["analytes"].update(analytes)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("request_body", "status", "code", "field"),
+    [
+        (_with(haemoglobin={"value": 10.9, "unit": "mg/L"}), 422, "unknown_unit", "haemoglobin"),
+        (_with(haemoglobin={"value": 9.8, "unit": "g/L"}), 422, "out_of_limits", "haemoglobin"),
+        ({**EXAMPLE_PATIENT, "analytes": {"crp": {"value": 3, "unit": "mg/L"}}}, 422,
+         "missing_required_panel", "fbc"),
+        ({**EXAMPLE_PATIENT, "age": 16}, 422, "age_out_of_range", "age"),
+        ({**EXAMPLE_PATIENT, "sex": "unknown"}, 422, "invalid_sex", "sex"),
+        ({**EXAMPLE_PATIENT, "colour": "red"}, 422, "extra_forbidden", "colour"),
+        ({**EXAMPLE_PATIENT, "age": "old"}, 422, "float_parsing", "age"),
+        ({**EXAMPLE_PATIENT, "model": "pancreas"}, 404, None, None),
+        ({**EXAMPLE_PATIENT, "pathway": "brain"}, 422, "invalid_pathway", "pathway"),
+    ],
+)  # fmt: skip
+def test_bad_input_gets_a_coded_4xx(
+    client: TestClient, request_body: dict[str, Any], status: int, code: str | None,
+    field: str | None,
+) -> None:  # fmt: skip
+    response = client.post("/v1/score", json=request_body)
+    assert response.status_code == status, response.text
+    if code is not None:
+        issues = response.json()["error"]["issues"]
+        assert any(i["code"] == code and i["field"] == field for i in issues), issues
+
+
+def test_out_of_limits_carries_the_unit_hint(client: TestClient) -> None:
+    body = client.post("/v1/score", json=_with(haemoglobin={"value": 9.8, "unit": "g/L"})).json()
+    (issue,) = [i for i in body["error"]["issues"] if i["code"] == "out_of_limits"]
+    assert "9.8 g/dL = 98 g/L" in issue["message"]
+
+
+def test_malformed_json_is_400(client: TestClient) -> None:
+    response = client.post(
+        "/v1/score", content=b'{"age": 70,', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "malformed_json"
+
+
+def test_body_over_the_limit_is_413(
+    asgi_app: Any, serving_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRIAGE_MAX_BODY_BYTES", "2048")
+    current_config.cache_clear()
+    with TestClient(asgi_app) as client:
+        padded = {**EXAMPLE_PATIENT, "patient_reference": "x" * 100}
+        big = {"patients": [padded] * 20}
+        assert client.post("/v1/score/batch", json=big).status_code == 413
+        assert client.post("/v1/score", json=EXAMPLE_PATIENT).status_code == 200
+
+
+def test_batch_scores_and_refuses_item_by_item(client: TestClient) -> None:
+    bad = _with(haemoglobin={"value": 9.8, "unit": "g/L"})
+    response = client.post("/v1/score/batch", json={"patients": [EXAMPLE_PATIENT, bad]})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["scored", "refused"]
+    assert results[1]["error"]["issues"][0]["code"] == "out_of_limits"
+
+
+def test_batch_is_bounded(client: TestClient) -> None:
+    limit = current_config().max_batch
+    response = client.post("/v1/score/batch", json={"patients": [EXAMPLE_PATIENT] * (limit + 1)})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "batch_too_large"
+
+
+def test_fhir_round_trip(client: TestClient) -> None:
+    bundle = fhir_bundle()
+    response = client.post("/v1/fhir/score", json=bundle, params={"model": "lower_gi"})
+    assert response.status_code == 200, response.text
+    assessment = response.json()
+    assert assessment["resourceType"] == "RiskAssessment"
+    assert assessment["subject"]["reference"] == "urn:uuid:patient-0001"
+    observations = {e["fullUrl"] for e in bundle["entry"][1:]}
+    assert {b["reference"] for b in assessment["basis"]} == observations, "basis cites inputs"
+    prediction = assessment["prediction"][0]
+    json_score = client.post("/v1/score", json=EXAMPLE_PATIENT).json()
+    assert prediction["probabilityDecimal"] == pytest.approx(json_score["probability"], abs=1e-9)
+    assert prediction["qualitativeRisk"]["coding"][0]["code"] == json_score["band"]
+    notes = [note["text"] for note in assessment["note"]]
+    assert notes == [json_score["recommendation"], *(d["text"] for d in json_score["drivers"])], (
+        "the note carries the recommendation and the top drivers in words"
+    )
+
+
+def test_fhir_errors_are_operation_outcomes(client: TestClient) -> None:
+    bundle = fhir_bundle()
+    bundle["entry"][0]["resource"]["gender"] = "unknown"
+    response = client.post("/v1/fhir/score", json=bundle, params={"model": "lower_gi"})
+    assert response.status_code == 422
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    codes = [i["details"]["coding"][0]["code"] for i in outcome["issue"]]
+    assert "invalid_sex" in codes
+    broken = client.post("/v1/fhir/score", json={"resourceType": "Bundle", "type": "nonsense"})
+    assert broken.status_code == 422
+
+
+def test_discovery_lists_each_model(client: TestClient) -> None:
+    models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+    assert set(models) == {"any_cancer", "lower_gi"}
+    hb = next(i for i in models["lower_gi"]["inputs"] if i["code"] == "haemoglobin")
+    assert hb["loinc"] == "718-7" and "g/dL" in hb["accepted_units"]
+    assert models["lower_gi"]["thresholds"]["rule_out"] is not None
+
+
+def test_audit_rows_equal_successful_responses(asgi_app: Any, serving_env: Path) -> None:
+    config = current_config()
+    successes = 0
+    with TestClient(asgi_app) as client:
+        requests = [EXAMPLE_PATIENT, _with(haemoglobin={"value": 9.8, "unit": "g/L"}),
+                    {**EXAMPLE_PATIENT, "patient_reference": "NHS-943-476-5919"}]  # fmt: skip
+        for request in requests:
+            successes += client.post("/v1/score", json=request).status_code == 200
+        batch = client.post("/v1/score/batch", json={"patients": requests}).json()
+        successes += sum(r["status"] == "scored" for r in batch["results"])
+        successes += (
+            client.post(
+                "/v1/fhir/score", json=fhir_bundle(), params={"model": "lower_gi"}
+            ).status_code
+            == 200
+        )
+    store = AuditStore(config.audit_url)
+    assert store.count() == successes == 5, "one audit row per scored patient, none for refusals"
+    rows = list(store.rows())
+    assert all(r["checksum"] for r in rows) and store.integrity_problems() == []
+    pseudonyms = {r["patient_pseudonym"] for r in rows}
+    assert "NHS-943-476-5919" not in str(rows), "the raw reference is never stored"
+    assert any(p and len(p) == 64 for p in pseudonyms), "a keyed HMAC is stored instead"
+    exported = store.export_parquet(serving_env / "audit.parquet")
+    assert exported == 5 and len(pd.read_parquet(serving_env / "audit.parquet")) == 5
+
+
+def test_api_keys_are_required_when_configured(
+    asgi_app: Any, serving_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRIAGE_API_KEYS", "s3cret-key-1,other-key-2")
+    current_config.cache_clear()
+    config = ServingConfig.from_env()
+    assert "s3cret-key-1" not in config.model_dump_json(), "keys are held hashed only"
+    with TestClient(asgi_app) as client:
+        assert client.post("/v1/score", json=EXAMPLE_PATIENT).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert client.post("/v1/score", json=EXAMPLE_PATIENT, headers=wrong).status_code == 401
+        good = {"Authorization": "Bearer s3cret-key-1"}
+        assert client.post("/v1/score", json=EXAMPLE_PATIENT, headers=good).status_code == 200
+        assert client.get("/v1/models", headers={"X-API-Key": "other-key-2"}).status_code == 200
+        assert client.get("/livez").status_code == 200, "probes stay open"
+        assert client.get("/readyz").status_code == 200
+
+
+def test_openapi_documents_every_route_and_error(client: TestClient) -> None:
+    spec = client.get("/docs.json").json()
+    for path in ("/v1/score", "/v1/score/batch", "/v1/fhir/score", "/v1/models"):
+        assert path in spec["paths"], f"{path} is documented"
+    responses = spec["paths"]["/v1/score"]["post"]["responses"]
+    assert {"200", "400", "401", "404", "413", "422"} <= set(responses)
+
+
+def test_predictor_parity_on_numpy_level(released: Released) -> None:
+    """The vectorised and per-record paths compute identical margins (what parity rests on)."""
+    predictor = released.results["lower_gi"].predictor
+    rows = released.results["lower_gi"].periods["evaluate"].head(50)
+    frame_p = predictor.predict(rows)["probability"].to_numpy()
+    record_p = [
+        predictor.score(
+            {"age": r["age"], "sex": r["sex"],
+             "analytes": {c: {"value": r[c], "unit": None}
+                          for c in predictor.spec.features.analytes if pd.notna(r[c])}},
+            pathway="lower_gi", explain=False,
+        ).probability
+        for _, r in rows.iterrows()
+    ]  # fmt: skip
+    assert np.array_equal(frame_p, np.array(record_p))
