@@ -105,9 +105,16 @@ class AuditRecord:
             contributions=json.dumps(contributions, sort_keys=True),
         )
 
-    def checksum(self) -> str:
-        payload = json.dumps(asdict(self), sort_keys=True, default=repr)
+    def checksum(self, fields: Mapping[str, Any] | None = None) -> str:
+        payload = json.dumps(
+            asdict(self) if fields is None else fields, sort_keys=True, default=repr
+        )
         return hashlib.sha256(payload.encode()).hexdigest()
+
+    def row(self) -> dict[str, Any]:
+        """The database row: the fields plus their checksum (serialised once)."""
+        fields = asdict(self)
+        return {**fields, "checksum": self.checksum(fields)}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
@@ -137,7 +144,7 @@ class AuditStore:
         """Insert and commit the rows (one transaction); returns only once they are durable."""
         if not records:
             return
-        rows = [{**asdict(r), "checksum": r.checksum()} for r in records]
+        rows = [record.row() for record in records]
         with self.engine.begin() as connection:
             connection.execute(AUDIT.insert(), rows)
 

@@ -295,7 +295,7 @@ class Triage:
     # --- routes ---------------------------------------------------------------------------------
 
     @app.post("/score", response_model=ScoreResponse, responses=ERRORS)
-    def score(
+    async def score(
         self, body: ScoreRequest, x_request_id: str | None = Header(default=None)
     ) -> JSONResponse:
         """Score one patient: probability, band, recommendation and exact explanation."""
@@ -320,7 +320,7 @@ class Triage:
         return JSONResponse(self._response(served, score, request_id).model_dump())
 
     @app.post("/score/batch", response_model=BatchResponse, responses=ERRORS)
-    def score_batch(
+    async def score_batch(
         self, body: BatchRequest, x_request_id: str | None = Header(default=None)
     ) -> JSONResponse:
         """Score several patients; each is scored or refused on its own."""
@@ -381,7 +381,7 @@ class Triage:
         "/fhir/score",
         responses={200: {"description": "a FHIR RiskAssessment"}, **ERRORS},
     )
-    def fhir_score(
+    async def fhir_score(
         self,
         bundle: dict[str, Any] = Body(description="a FHIR R4 Bundle: Patient + Observations"),  # noqa: B008
         model: str | None = Query(default=None, max_length=64),
@@ -429,7 +429,7 @@ class Triage:
         return JSONResponse(assessment, media_type="application/fhir+json")
 
     @app.get("/models", response_model=ModelsResponse, responses=ERRORS)
-    def models(self) -> ModelsResponse:
+    async def models(self) -> ModelsResponse:
         """Discovery: each served model's inputs, units, limits, thresholds, version, use."""
         return ModelsResponse(
             models=[

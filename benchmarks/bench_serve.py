@@ -1,0 +1,185 @@
+"""Benchmark: the triage API on loopback, against MLflow's server on the same champion.
+
+Trains and releases a `lower_gi` champion (default tree shape) from a simulated cohort in a temporary
+work folder, starts `bentoml serve` (one worker per core) and prints:
+- startup to ready (s) and resident memory per worker (MB);
+- sequential single-patient score + explain latency, p50 and p99 (ms);
+- throughput with explanations at 8 concurrent clients (requests/s), and errors;
+- in the same run, `mlflow models serve` predict-only latency for the same champion (p50, p99).
+Every loop is bounded in count and time; all traffic stays on 127.0.0.1; the servers this script
+starts are stopped by PID.
+Run: `.venv/bin/python benchmarks/bench_serve.py [--requests 1000] [--seconds 20]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+from models.spec import load_spec
+from serving.examples import EXAMPLE_PATIENT
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], path: str, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url + path, timeout=1).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    array = np.array(samples) * 1000
+    return float(np.percentile(array, 50)), float(np.percentile(array, 99))
+
+
+def sequential(url: str, body: dict, n: int, seconds: float) -> list[float]:  # type: ignore[type-arg]
+    timings: list[float] = []
+    deadline = time.monotonic() + seconds
+    with httpx.Client(timeout=10) as client:
+        for _ in range(20):  # warm-up
+            client.post(url, json=body)
+        for _ in range(n):
+            if time.monotonic() > deadline:
+                break
+            started = time.perf_counter()
+            response = client.post(url, json=body)
+            timings.append(time.perf_counter() - started)
+            assert response.status_code == 200, response.text
+    return timings
+
+
+async def concurrent(url: str, body: dict, clients: int, seconds: float) -> tuple[int, int]:  # type: ignore[type-arg]
+    done = errors = 0
+    deadline = time.monotonic() + seconds
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal done, errors
+        while time.monotonic() < deadline:
+            response = await client.post(url, json=body)
+            done += 1
+            errors += response.status_code != 200
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=10, limits=limits) as client:
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+    return done, errors
+
+
+def prepare(work: Path, n: int) -> dict[str, str]:
+    """Simulate, train, register, promote and release lower_gi into `work`."""
+    env = {"BENTOML_HOME": str(work / "bentoml"), "TRIAGE_HOME": str(work / "var"),
+           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # fmt: skip
+    os.environ.update(env)
+    from serving.release import release_champions
+    from training.promote import promote
+    from training.registry import Tracking
+    from training.simulate import run_simulation
+    from training.tracking import log_training
+    from training.train import TrainOptions, train_model
+
+    run_simulation(cohort="referrals", n=n, seed=5, out=work / "cohort")
+    tracking = Tracking(work / "var")
+    result = train_model(load_spec("lower_gi"), TrainOptions(work / "cohort", n_boot=20))
+    logged = log_training(result, tracking)
+    promote(tracking, result.spec, str(logged.version), override_reason="benchmark")
+    release_champions(tracking.uri)
+    print(f"champion: lower_gi v{logged.version}, {result.provenance['best_iteration']} trees, "
+          f"{len(result.predictor.feature_names)} features")  # fmt: skip
+    return {**env, "MLFLOW_TRACKING_URI": tracking.uri}
+
+
+def mlflow_row() -> dict[str, object]:
+    """The example patient as MLflow's pyfunc input (canonical units, age as a double)."""
+    row: dict[str, object] = {"age": float(EXAMPLE_PATIENT["age"]), "sex": EXAMPLE_PATIENT["sex"]}
+    for code, entry in EXAMPLE_PATIENT["analytes"].items():
+        row[code] = entry["value"] * (10.0 if entry["unit"] == "g/dL" else 1.0)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cohort", type=int, default=100_000)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; client and server share them")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        env = {**os.environ, **prepare(work, args.cohort)}
+        # `mlflow models serve` runs `uvicorn` by name: the venv's bin must be on PATH.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "serving.service:Triage",
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}"
+            ready = wait_ready(base, server, "/readyz", 120)
+            url = f"{base}/v1/score"
+            timings = sequential(url, EXAMPLE_PATIENT, args.requests, args.seconds)
+            p50, p99 = percentiles(timings)
+            done, errors = asyncio.run(concurrent(url, EXAMPLE_PATIENT, 8, args.seconds))
+            workers = [
+                c for c in psutil.Process(server.pid).children(recursive=True)
+                if "python" in c.name().lower()
+            ]  # fmt: skip
+            rss = sorted(c.memory_info().rss / 2**20 for c in workers)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        print(f"triage API startup to ready: {ready:.2f} s")
+        print(f"resident memory per process (MB): {', '.join(f'{r:.0f}' for r in rss)}")
+        print(f"score+explain, sequential ({len(timings)} requests): p50 {p50:.2f} ms, "
+              f"p99 {p99:.2f} ms")  # fmt: skip
+        print(f"score+explain, 8 concurrent clients, {args.seconds:.0f} s: "
+              f"{done / args.seconds:.0f} requests/s, {errors} errors")  # fmt: skip
+
+        port = free_port()
+        mlflow_server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/lower_gi@champion",
+             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}"
+            ready = wait_ready(base, mlflow_server, "/ping", 180)
+            body = {"dataframe_records": [mlflow_row()]}
+            timings = sequential(f"{base}/invocations", body, args.requests, args.seconds)
+            m50, m99 = percentiles(timings)
+        finally:
+            mlflow_server.terminate()
+            mlflow_server.wait(timeout=30)
+        print(f"mlflow models serve (predict only, same champion) startup {ready:.2f} s; "
+              f"sequential p50 {m50:.2f} ms, p99 {m99:.2f} ms")  # fmt: skip
+        print(f"our score+explain p50 / MLflow predict-only p50: {p50 / m50:.2f}")
+
+
+if __name__ == "__main__":
+    main()
