@@ -1,7 +1,7 @@
 """Benchmark: the triage API on loopback, against MLflow's server on the same champion.
 
-Trains and releases a `lower_gi` champion (default tree shape) from a simulated cohort in a temporary
-work folder, starts `bentoml serve` (one worker per core) and prints:
+Trains and releases a `lower_gi` champion (default tree shape) from a simulated cohort in a
+temporary work folder, starts `bentoml serve` (one worker per core) and prints:
 - startup to ready (s) and resident memory per worker (MB);
 - sequential single-patient score + explain latency, p50 and p99 (ms);
 - throughput with explanations at 8 concurrent clients (requests/s), and errors;
