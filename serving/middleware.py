@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware for the /v1 routes: request-body size limit and API-key auth.
+"""Pure-ASGI middleware for the /v1 routes: body size limit, API-key auth, per-key rate limit.
 
 Probes (/livez, /readyz, /metrics) and the OpenAPI document are served by BentoML outside /v1 and
 stay open. API keys are held only as SHA-256 digests and compared in constant time.
@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import cache
 from typing import Any
@@ -116,4 +119,42 @@ class ApiKeyAuth:
                     [(b"www-authenticate", b"Bearer")],
                 )
                 return
+        await self.app(scope, receive, send)
+
+
+class RateLimit:
+    """429 once a caller (API key, or client address without keys) exceeds its per-minute limit.
+
+    A sliding one-minute window per caller, kept in each worker's memory: with W workers the
+    server-wide ceiling is W times the configured limit (a gateway limit is the place for a hard
+    global one).
+    """
+
+    WINDOW_SECONDS = 60.0
+    MAX_CALLERS = 10_000  # forget the oldest callers beyond this, so memory stays bounded
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.windows: dict[str, deque[float]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = current_config().rate_limit_per_minute
+        if scope["type"] != "http" or not limit:
+            await self.app(scope, receive, send)
+            return
+        key = presented_key(dict(scope.get("headers") or []))
+        caller = hash_key(key) if key else f"address:{(scope.get('client') or ('-',))[0]}"
+        now = time.monotonic()
+        window = self.windows.pop(caller, deque())
+        self.windows[caller] = window  # most recent callers last
+        while window and now - window[0] >= self.WINDOW_SECONDS:
+            window.popleft()
+        if len(window) >= limit:
+            retry = max(1, math.ceil(self.WINDOW_SECONDS - (now - window[0])))
+            await _reply(send, 429, "rate_limited", f"more than {limit} requests a minute",
+                         [(b"retry-after", str(retry).encode())])  # fmt: skip
+            return
+        window.append(now)
+        while len(self.windows) > self.MAX_CALLERS:
+            self.windows.pop(next(iter(self.windows)))
         await self.app(scope, receive, send)

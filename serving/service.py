@@ -27,7 +27,7 @@ from models.validation import Issue
 from serving.audit import AuditRecord, AuditStore, pseudonymise
 from serving.config import ServingConfig
 from serving.fhir import FhirError, operation_outcome, parse_bundle, risk_assessment
-from serving.middleware import ApiKeyAuth, BodySizeLimit, current_config
+from serving.middleware import ApiKeyAuth, BodySizeLimit, RateLimit, current_config
 from serving.release import BUNDLE_NAME, Served, load_release
 from serving.schemas import (
     BatchItem,
@@ -57,6 +57,21 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 
+_FHIR = {"application/fhir+json": {"schema": {"type": "object"}}}
+FHIR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {"description": "a FHIR R4 RiskAssessment", "content": _FHIR},
+    404: {"description": "unknown model (OperationOutcome)", "content": _FHIR},
+    422: {
+        "description": "invalid Bundle or ineligible patient: OperationOutcome (FHIR) or a "
+        "schema error (JSON)",
+        "content": {
+            **_FHIR,
+            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}},
+        },
+    },
+}
+
 app = FastAPI(
     title="Cancer triage API",
     version="1",
@@ -65,6 +80,8 @@ app = FastAPI(
     docs_url=None,
     redoc_url=None,
 )
+# Outermost last: body size, then authentication, then the per-key rate limit.
+app.add_middleware(RateLimit)
 app.add_middleware(ApiKeyAuth)
 app.add_middleware(BodySizeLimit)
 
@@ -377,10 +394,7 @@ class Triage:
             self._observe(served, score)
         return JSONResponse(BatchResponse(request_id=request_id, results=items).model_dump())
 
-    @app.post(
-        "/fhir/score",
-        responses={200: {"description": "a FHIR RiskAssessment"}, **ERRORS},
-    )
+    @app.post("/fhir/score", responses=FHIR_RESPONSES)
     async def fhir_score(
         self,
         bundle: dict[str, Any] = Body(description="a FHIR R4 Bundle: Patient + Observations"),  # noqa: B008

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pandas as pd
 import pytest
 
@@ -60,3 +66,43 @@ def serving_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Pat
     current_config.cache_clear()
     yield tmp_path / "var"
     current_config.cache_clear()
+
+
+API_KEY = "server-test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def live_server(released: Released, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:  # type: ignore[type-arg]
+    """One real `bentoml serve` (two workers) on a free loopback port, with an API key."""
+    home = tmp_path_factory.mktemp("server-var")
+    env = {**os.environ, "TRIAGE_HOME": str(home), "TRIAGE_API_KEYS": API_KEY,
+           "TRIAGE_HMAC_KEY": "server-test-hmac"}  # fmt: skip
+    port = free_port()
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "serving.service:Triage",
+         "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while time.monotonic() - started < 90:
+            assert process.poll() is None, "the server exited during start-up"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("the server did not become ready in 90 s")
+        yield {"url": url, "env": env, "ready_seconds": time.monotonic() - started}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -278,3 +278,19 @@ def test_predictor_parity_on_numpy_level(released: Released) -> None:
         for _, r in rows.iterrows()
     ]  # fmt: skip
     assert np.array_equal(frame_p, np.array(record_p))
+
+
+def test_per_key_rate_limit_answers_429(
+    asgi_app: Any, serving_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRIAGE_API_KEYS", "key-a,key-b")
+    monkeypatch.setenv("TRIAGE_RATE_LIMIT", "3")
+    current_config.cache_clear()
+    with TestClient(asgi_app) as client:
+        a, b = {"X-API-Key": "key-a"}, {"X-API-Key": "key-b"}
+        codes = [client.get("/v1/models", headers=a).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429], codes
+        limited = client.get("/v1/models", headers=a)
+        assert int(limited.headers["retry-after"]) >= 1
+        assert limited.json()["error"]["code"] == "rate_limited"
+        assert client.get("/v1/models", headers=b).status_code == 200, "limits are per key"
