@@ -107,3 +107,17 @@ def load_release(folder: Path, *, num_threads: int = 1) -> dict[str, Served]:
         predictor = TriagePredictor.load(folder / name, num_threads=num_threads)
         served[name] = Served(name, entry["version"], entry.get("run_id"), predictor)
     return served
+
+
+def verify_store_release() -> dict[str, Served]:
+    """Load and verify the latest release in the BentoML store (the serve pre-flight).
+
+    Raises LookupError when nothing is released and ArtifactError when an artifact was altered.
+    """
+    import bentoml
+
+    try:
+        folder = Path(bentoml.models.get(f"{BUNDLE_NAME}:latest").path)
+    except bentoml.exceptions.NotFound as error:
+        raise LookupError(f"no champion models released: {error}") from None
+    return load_release(folder)

@@ -54,6 +54,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (413, "request body too large"),
         (422, "invalid or ineligible input: coded, field-level reasons"),
         (429, "rate limit exceeded"),
+        (503, "not ready: no champion released (the reason is in the body)"),
     )
 }
 
@@ -169,17 +170,17 @@ def _metrics() -> dict[str, Any]:
 class Triage:
     """Cancer triage models: one worker per core, each holding every champion predictor."""
 
-    champions = bentoml.models.BentoModel(f"{BUNDLE_NAME}:latest")
-
     def __init__(self) -> None:
         self.config: ServingConfig = current_config()
         self.audit = AuditStore(self.config.audit_url)
         self.served: dict[str, Served] = {}
         self.not_ready_reason: str | None = None
         try:
-            folder = Path(self.champions.path)
-        except Exception as error:  # the store has no release yet: stay up, never ready
-            self.not_ready_reason = f"no champion models released: {error}"
+            # Resolved here, not as a class-level BentoModel, so that a store without a release
+            # still starts (and stays not ready, saying why); bentofile.yaml packs the bundle.
+            folder = Path(bentoml.models.get(f"{BUNDLE_NAME}:latest").path)
+        except bentoml.exceptions.NotFound as error:
+            self.not_ready_reason = f"no champion models released ({error}); run `triage release`"
             logger.error("not ready: %s", self.not_ready_reason)
             return
         self.served = load_release(folder)  # raises ArtifactError on a tampered artifact
@@ -188,10 +189,15 @@ class Triage:
     def __is_ready__(self) -> bool:
         return bool(self.served) and self.not_ready_reason is None
 
+    def _require_ready(self) -> None:
+        if not self.__is_ready__():
+            raise ApiError(503, "not_ready", self.not_ready_reason or "no model is loaded")
+
     # --- helpers --------------------------------------------------------------------------------
 
     def _choose(self, model: str | None, pathway: str | None) -> tuple[Served, str | None]:
         """The served model for a request and the pathway to pass as context."""
+        self._require_ready()
         if pathway is not None and pathway not in PATHWAYS:
             raise ApiError(
                 422,
@@ -443,8 +449,11 @@ class Triage:
         return JSONResponse(assessment, media_type="application/fhir+json")
 
     @app.get("/models", response_model=ModelsResponse, responses=ERRORS)
-    async def models(self) -> ModelsResponse:
+    async def models(self) -> ModelsResponse | JSONResponse:
         """Discovery: each served model's inputs, units, limits, thresholds, version, use."""
+        if not self.__is_ready__():
+            error = ApiError(503, "not_ready", self.not_ready_reason or "no model is loaded")
+            return JSONResponse(error.body(uuid.uuid4().hex).model_dump(), status_code=503)
         return ModelsResponse(
             models=[
                 ModelInfo(version=s.version, run_id=s.run_id, **s.predictor.describe())

@@ -396,6 +396,19 @@ def serve(
             "to loopback (127.0.0.1)[/red]"
         )
         raise typer.Exit(code=2)
+    from models.predictor import ArtifactError
+    from serving.release import verify_store_release
+
+    try:  # a tampered artifact must stop the start, not send workers into a restart loop
+        served = verify_store_release()
+        make_console().print(
+            "verified: " + ", ".join(f"{n} v{m.version}" for n, m in served.items())
+        )
+    except ArtifactError as error:
+        make_console().print(f"[red]refusing to serve: {error}[/red]")
+        raise typer.Exit(code=3) from None
+    except LookupError as error:  # start anyway: /readyz stays failing and says why
+        make_console().print(f"[yellow]{error}; the server will not become ready[/yellow]")
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Triage",
                "--host", host, "--port", str(port)]  # fmt: skip
     raise typer.Exit(code=subprocess.call(command, env=env))

@@ -1,0 +1,81 @@
+"""Model integrity: tampered artifacts refuse to start; no release keeps /readyz failing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from models.predictor import ArtifactError
+from serving.release import BUNDLE_NAME, load_release
+from tests.serving.conftest import Released, free_port
+
+
+def _release_folder() -> Path:
+    import bentoml
+
+    return Path(bentoml.models.get(f"{BUNDLE_NAME}:latest").path)
+
+
+def _tampered_store(tmp_path: Path, file: str) -> Path:
+    """A copy of the test BentoML store with one byte of one released file changed."""
+    store = tmp_path / "bentoml"
+    shutil.copytree(os.environ["BENTOML_HOME"], store)
+    folder = store / _release_folder().relative_to(os.environ["BENTOML_HOME"])
+    target = folder / "lower_gi" / file
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    return folder
+
+
+@pytest.mark.parametrize("file", ["booster.txt", "predictor.json"])
+def test_a_tampered_artifact_is_refused(released: Released, tmp_path: Path, file: str) -> None:
+    folder = _tampered_store(tmp_path, file)
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        load_release(folder)
+
+
+def test_serve_refuses_to_start_on_a_tampered_release(released: Released, tmp_path: Path) -> None:
+    _tampered_store(tmp_path, "booster.txt")
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "TRIAGE_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "training.cli", "serve", "--port", str(free_port()),
+         "--workdir", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "refusing to serve" in done.stdout and "checksum mismatch" in done.stdout
+
+
+def test_no_release_keeps_readyz_failing_with_the_reason(tmp_path: Path) -> None:
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "empty"), "TRIAGE_HOME": str(tmp_path)}
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "serving.service:Triage",
+         "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert server.poll() is None, "the server stays up without a release"
+            try:
+                if httpx.get(f"{url}/livez", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert httpx.get(f"{url}/readyz").status_code == 503, "not ready without champions"
+        models = httpx.get(f"{url}/v1/models")
+        assert models.status_code == 503
+        assert "no champion models released" in models.json()["error"]["message"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
