@@ -4,12 +4,61 @@ BentoML reads BENTOML_HOME when it is first imported, so it is set here, before 
 imports it. Nothing a test does touches the developer's own `var/` or `~/bentoml`.
 """
 
+import logging
 import os
+import shutil
 import tempfile
+from pathlib import Path
+
+import pytest
 
 _SCRATCH = tempfile.mkdtemp(prefix="triage-tests-")
+LOG_DIR = Path(_SCRATCH) / "logs"
+LOG_DIR.mkdir()
+os.environ["TRIAGE_TEST_LOG_DIR"] = str(LOG_DIR)
 os.environ["BENTOML_HOME"] = os.path.join(_SCRATCH, "bentoml")
 os.environ["TRIAGE_HOME"] = os.path.join(_SCRATCH, "var")
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 for name in ("TRIAGE_API_KEYS", "TRIAGE_API_KEY_HASHES", "TRIAGE_AUDIT_URL", "TRIAGE_HMAC_KEY"):
     os.environ.pop(name, None)
+
+# Secrets and identifiers the tests use: none may ever appear in a log of the run.
+SECRETS = (
+    "server-test-key-7f3a9c",
+    "s3cret-key-1",
+    "other-key-2",
+    "drill-key-for-tests",
+    "test-hmac-key-not-a-secret",
+    "server-test-hmac-91b2e4",
+    "NHS-943-476-5919",
+    "example-patient-0001",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every log record of the run, at DEBUG, into a file the final scan reads."""
+    handler = logging.FileHandler(LOG_DIR / "pytest.log")
+    handler.setLevel(logging.DEBUG)
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(min(logging.getLogger().level or logging.DEBUG, logging.DEBUG))
+
+
+def leaked_secrets(folder: Path, secrets: tuple[str, ...] = SECRETS) -> list[str]:
+    """`file: secret` for every secret found in any log file under `folder`."""
+    found = []
+    for path in sorted(folder.rglob("*.log")):
+        text = path.read_text(errors="replace")
+        found += [f"{path.name}: {secret}" for secret in secrets if secret in text]
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a key, HMAC key or patient reference reached any log."""
+    leaks = leaked_secrets(LOG_DIR)
+    files = len(list(LOG_DIR.rglob("*.log")))
+    shutil.rmtree(_SCRATCH, ignore_errors=True)
+    if leaks:
+        print("\nSECRETS FOUND IN LOGS:\n  " + "\n  ".join(leaks))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    else:
+        print(f"\nlog scan: no API key, HMAC key or patient reference in {files} log files")

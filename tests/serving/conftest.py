@@ -68,7 +68,8 @@ def serving_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Pat
     current_config.cache_clear()
 
 
-API_KEY = "server-test-key"
+API_KEY = "server-test-key-7f3a9c"
+LOG_DIR = Path(os.environ["TRIAGE_TEST_LOG_DIR"])
 
 
 def free_port() -> int:
@@ -82,13 +83,14 @@ def live_server(released: Released, tmp_path_factory: pytest.TempPathFactory) ->
     """One real `bentoml serve` (two workers) on a free loopback port, with an API key."""
     home = tmp_path_factory.mktemp("server-var")
     env = {**os.environ, "TRIAGE_HOME": str(home), "TRIAGE_API_KEYS": API_KEY,
-           "TRIAGE_HMAC_KEY": "server-test-hmac"}  # fmt: skip
+           "TRIAGE_HMAC_KEY": "server-test-hmac-91b2e4"}  # fmt: skip
     port = free_port()
+    log = (LOG_DIR / f"server-{port}.log").open("wb")
     started = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "serving.service:Triage",
          "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -106,3 +108,4 @@ def live_server(released: Released, tmp_path_factory: pytest.TempPathFactory) ->
     finally:
         process.terminate()
         process.wait(timeout=30)
+        log.close()

@@ -1,0 +1,295 @@
+"""Reliability drills against a real server on loopback: sustained load, and kill -9 under load.
+
+`load`: N concurrent clients for S seconds, a mix of valid and invalid requests; reports errors on
+valid requests, p99 latency, worker memory growth (after warm-up) and audit rows vs 200 responses.
+`crash`: the same load, the server killed with SIGKILL part-way, restarted on the same audit store;
+reports the store's integrity check and whether every request whose client got a 200 has its row.
+Every loop is bounded in count and time; all traffic stays on 127.0.0.1; only the processes
+started here are ended, by PID. Used by `benchmarks/bench_reliability.py` and the slow tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+
+from serving.audit import AuditStore
+from serving.config import ServingConfig
+from serving.examples import EXAMPLE_PATIENT
+
+INVALID_SHARE = 0.2
+MAX_REQUESTS = 200_000  # a hard bound on any one drill
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A `bentoml serve` process this module started (and only ends by PID)."""
+
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    log: Path | None = None  # where the server's output goes (None: discarded)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> float:
+        started = time.monotonic()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "serving.service:Triage",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.url} not ready in {timeout} s")
+
+    def pids(self) -> list[int]:
+        if self.process is None or self.process.poll() is not None:
+            return []
+        children = psutil.Process(self.process.pid).children(recursive=True)
+        return [self.process.pid, *(c.pid for c in children)]
+
+    def worker_rss_mb(self) -> list[float]:
+        out = []
+        for pid in self.pids()[1:]:
+            try:
+                process = psutil.Process(pid)
+                if "python" in process.name().lower():
+                    out.append(process.memory_info().rss / 2**20)
+            except psutil.NoSuchProcess:
+                continue
+        return sorted(out)
+
+    def kill_hard(self) -> None:
+        """SIGKILL the server and its workers: a crash, not a shutdown."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        if self.process is not None:
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill_hard()
+
+
+def _invalid(i: int) -> dict[str, Any]:
+    request = copy.deepcopy(EXAMPLE_PATIENT)
+    kind = i % 4
+    if kind == 0:
+        request["analytes"]["haemoglobin"] = {"value": 9.8, "unit": "g/L"}  # out of limits
+    elif kind == 1:
+        request["analytes"]["haemoglobin"]["unit"] = "furlongs"  # unknown unit
+    elif kind == 2:
+        request["age"] = 11  # ineligible
+    else:
+        request["colour"] = "red"  # not in the schema
+    return request
+
+
+@dataclass
+class LoadResult:
+    seconds: float
+    sent: int = 0
+    valid_ok: int = 0
+    valid_errors: int = 0
+    invalid_4xx: int = 0
+    invalid_other: int = 0
+    transport_errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    ok_request_ids: list[str] = field(default_factory=list)
+
+    @property
+    def p99_ms(self) -> float:
+        return float(np.percentile(np.array(self.latencies) * 1000, 99)) if self.latencies else 0
+
+    @property
+    def p50_ms(self) -> float:
+        return float(np.percentile(np.array(self.latencies) * 1000, 50)) if self.latencies else 0
+
+
+async def run_load(
+    url: str,
+    headers: dict[str, str],
+    clients: int,
+    seconds: float,
+    kill_after: float | None = None,
+    kill: Any = None,
+) -> LoadResult:
+    """`clients` concurrent loops for `seconds`; optionally call `kill()` after `kill_after` s."""
+    result = LoadResult(seconds)
+    deadline = time.monotonic() + seconds
+    counter = 0
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal counter
+        while time.monotonic() < deadline and result.sent < MAX_REQUESTS:
+            counter += 1
+            valid = (counter % 10) >= INVALID_SHARE * 10
+            request = copy.deepcopy(EXAMPLE_PATIENT) if valid else _invalid(counter)
+            request_id = uuid.uuid4().hex
+            request["request_id"] = request_id
+            started = time.perf_counter()
+            result.sent += 1
+            try:
+                response = await client.post(f"{url}/v1/score", json=request, headers=headers)
+            except httpx.HTTPError:
+                result.transport_errors += 1
+                await asyncio.sleep(0.05)
+                continue
+            elapsed = time.perf_counter() - started
+            if valid:
+                if response.status_code == 200:
+                    result.valid_ok += 1
+                    result.latencies.append(elapsed)
+                    result.ok_request_ids.append(request_id)
+                else:
+                    result.valid_errors += 1
+            elif 400 <= response.status_code < 500:
+                result.invalid_4xx += 1
+            else:
+                result.invalid_other += 1
+
+    async def killer() -> None:
+        if kill_after is not None and kill is not None:
+            await asyncio.sleep(kill_after)
+            await asyncio.to_thread(kill)
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=10, limits=limits) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)), killer())
+    return result
+
+
+def audit_store(env: dict[str, str]) -> AuditStore:
+    return AuditStore(ServingConfig.from_env(env).audit_url)
+
+
+def load_drill(
+    env: dict[str, str],
+    headers: dict[str, str],
+    clients: int,
+    seconds: float,
+    log: Path | None = None,
+) -> dict[str, Any]:
+    """Sustained mixed load; memory measured after a warm-up of a fifth of the time."""
+    server = Server(env, log=log)
+    try:
+        ready = server.start()
+        store = audit_store(env)
+        warm = asyncio.run(run_load(server.url, headers, clients, max(2.0, seconds / 5)))
+        before_rows = store.count()
+        rss_before = server.worker_rss_mb()
+        result = asyncio.run(run_load(server.url, headers, clients, seconds))
+        rss_after = server.worker_rss_mb()
+        rows = store.count() - before_rows
+    finally:
+        server.stop()
+    growth = max(
+        (after / before - 1 for before, after in zip(rss_before, rss_after, strict=False)),
+        default=0.0,
+    )
+    return {
+        "ready_seconds": round(ready, 2),
+        "warm_up_requests": warm.sent,
+        "requests": result.sent,
+        "requests_per_second": round(result.sent / seconds, 1),
+        "valid_ok": result.valid_ok,
+        "valid_errors": result.valid_errors,
+        "invalid_4xx": result.invalid_4xx,
+        "invalid_other": result.invalid_other,
+        "transport_errors": result.transport_errors,
+        "p50_ms": round(result.p50_ms, 2),
+        "p99_ms": round(result.p99_ms, 2),
+        "worker_rss_mb_before": [round(r) for r in rss_before],
+        "worker_rss_mb_after": [round(r) for r in rss_after],
+        "max_memory_growth": round(growth, 4),
+        "audit_rows": rows,
+        "audit_rows_equal_200s": rows == result.valid_ok,
+    }
+
+
+def crash_drill(
+    env: dict[str, str],
+    headers: dict[str, str],
+    clients: int,
+    seconds: float,
+    log: Path | None = None,
+) -> dict[str, Any]:
+    """kill -9 the server part-way through load; restart; check the audit store."""
+    server = Server(env, log=log)
+    try:
+        server.start()
+        result = asyncio.run(
+            run_load(
+                server.url, headers, clients, seconds, kill_after=seconds / 2, kill=server.kill_hard
+            )
+        )
+        restarted = Server(env, port=server.port, log=log)
+        restarted.start()
+        restarted.stop()
+    finally:
+        server.stop()
+    store = audit_store(env)
+    logged = {row["request_id"] for row in store.rows()}
+    missing = [r for r in result.ok_request_ids if r not in logged]
+    return {
+        "requests": result.sent,
+        "responses_200": result.valid_ok,
+        "transport_errors_after_kill": result.transport_errors,
+        "integrity_problems": store.integrity_problems(),
+        "ok_requests_missing_from_audit": len(missing),
+        "audit_rows": len(logged),
+    }
+
+
+def drill_env(home: Path, api_key: str) -> dict[str, str]:
+    """Environment for a drill server: its own work folder and API key."""
+    return {**os.environ, "TRIAGE_HOME": str(home), "TRIAGE_API_KEYS": api_key}

@@ -1,0 +1,12 @@
+"""The end-of-run log scan finds a planted secret (so a clean scan means something)."""
+
+from pathlib import Path
+
+from tests.conftest import SECRETS, leaked_secrets
+
+
+def test_scan_finds_a_planted_secret(tmp_path: Path) -> None:
+    (tmp_path / "clean.log").write_text("INFO scored request 1 (pseudonym 3f2a...)\n")
+    assert leaked_secrets(tmp_path) == []
+    (tmp_path / "leaky.log").write_text(f"DEBUG headers: authorization=Bearer {SECRETS[0]}\n")
+    assert leaked_secrets(tmp_path) == [f"leaky.log: {SECRETS[0]}"]
