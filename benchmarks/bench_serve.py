@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,16 +25,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 
 from models.spec import load_spec
 from serving.examples import EXAMPLE_PATIENT
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from serving.reliability import Server, free_port
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], path: str, timeout: float) -> float:
@@ -133,27 +126,16 @@ def main() -> None:
         env = {**os.environ, **prepare(work, args.cohort)}
         # `mlflow models serve` runs `uvicorn` by name: the venv's bin must be on PATH.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "serving.service:Triage",
-             "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        server = Server(env)
         try:
-            base = f"http://127.0.0.1:{port}"
-            ready = wait_ready(base, server, "/readyz", 120)
-            url = f"{base}/v1/score"
+            ready = server.start(timeout=120)
+            url = f"{server.url}/v1/score"
             timings = sequential(url, EXAMPLE_PATIENT, args.requests, args.seconds)
             p50, p99 = percentiles(timings)
             done, errors = asyncio.run(concurrent(url, EXAMPLE_PATIENT, 8, args.seconds))
-            workers = [
-                c for c in psutil.Process(server.pid).children(recursive=True)
-                if "python" in c.name().lower()
-            ]  # fmt: skip
-            rss = sorted(c.memory_info().rss / 2**20 for c in workers)
+            rss = server.worker_rss_mb()
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop()
         print(f"triage API startup to ready: {ready:.2f} s")
         print(f"resident memory per process (MB): {', '.join(f'{r:.0f}' for r in rss)}")
         print(f"score+explain, sequential ({len(timings)} requests): p50 {p50:.2f} ms, "

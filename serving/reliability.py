@@ -54,7 +54,8 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90) -> float:
+    def start(self, timeout: float = 90, probe: str = "/readyz") -> float:
+        """Start the server and wait until `probe` answers 200; returns the seconds it took."""
         started = time.monotonic()
         self.process = subprocess.Popen(
             [
@@ -77,7 +78,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{probe}", timeout=1).status_code == 200:
                     return time.monotonic() - started
             except httpx.HTTPError:
                 pass

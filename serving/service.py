@@ -280,6 +280,17 @@ class Triage:
             contributions=score.contributions,
         )
 
+    def _commit(
+        self, served: Served, score: Score, request_id: str, endpoint: str, reference: str | None
+    ) -> None:
+        """Audit one scored patient (committed before the response leaves), then count it."""
+        record = self._audit_record(
+            served, score, request_id=request_id, item=0, endpoint=endpoint,
+            patient_reference=reference,
+        )  # fmt: skip
+        self.audit.write([record])
+        self._observe(served, score)
+
     def _observe(self, served: Served, score: Score) -> None:
         metrics = _metrics()
         metrics["scores"].labels(model=served.name, band=score.band).inc()
@@ -327,19 +338,7 @@ class Triage:
             served, score = self._score(body)
         except ApiError as error:
             return JSONResponse(error.body(request_id).model_dump(), status_code=error.status)
-        self.audit.write(
-            [
-                self._audit_record(
-                    served,
-                    score,
-                    request_id=request_id,
-                    item=0,
-                    endpoint="score",
-                    patient_reference=body.patient_reference,
-                )
-            ]
-        )
-        self._observe(served, score)
+        self._commit(served, score, request_id, "score", body.patient_reference)
         return JSONResponse(self._response(served, score, request_id).model_dump())
 
     @app.post("/score/batch", response_model=BatchResponse, responses=ERRORS)
@@ -422,19 +421,7 @@ class Triage:
             )
         except FhirError as error:
             return _fhir_error(422, error.issues)
-        self.audit.write(
-            [
-                self._audit_record(
-                    served,
-                    score,
-                    request_id=request_id,
-                    item=0,
-                    endpoint="fhir/score",
-                    patient_reference=request.subject,
-                )
-            ]
-        )
-        self._observe(served, score)
+        self._commit(served, score, request_id, "fhir/score", request.subject)
         score_warnings = [i for i in score.issues if i.severity == "warning"]
         assessment = risk_assessment(
             score,

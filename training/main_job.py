@@ -15,8 +15,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from models.spec import load_spec
 from models.validation import validate_frame
 from serving.examples import EXAMPLE_PATIENT, fhir_bundle
 from serving.release import release_champions
+from serving.reliability import Server
 from training.cli import make_console, use_bentoml_store
 from training.cohort import read_table
 from training.promote import promote
@@ -126,51 +125,35 @@ def serve_and_show(workdir: Path, port: int, console: Any) -> None:
     (examples / "score.json").write_text(json.dumps(EXAMPLE_PATIENT, indent=1))
     (examples / "fhir_bundle.json").write_text(json.dumps(fhir_bundle(), indent=1))
     env = {**os.environ, "TRIAGE_HOME": str(workdir.resolve())}
-    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Triage",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    server = subprocess.Popen(command, env=env)
-    url = f"http://127.0.0.1:{port}"
+    log = workdir / "serving" / "server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    server = Server(env, port=port, log=log)
+    url = server.url
     signal.signal(signal.SIGTERM, _stop)  # a TERM to this job stops its server too
     try:
-        wait_ready(url, server)
+        server.start(timeout=120)
         score = httpx.post(f"{url}/v1/score", json=EXAMPLE_PATIENT, timeout=10).json()
         fhir = httpx.post(f"{url}/v1/fhir/score", json=fhir_bundle(),
                           params={"model": "lower_gi"}, timeout=10).json()  # fmt: skip
         console.print_json(data={"request": EXAMPLE_PATIENT, "response": score})
         console.print_json(data={"fhir_response": fhir})
         console.print(f"""
-Serving on {url} (Ctrl-C to stop). Ready-to-paste requests:
+Serving on {url} (Ctrl-C to stop; server log: {log}). Ready-to-paste requests:
   curl -s {url}/v1/models
   curl -s -X POST {url}/v1/score -H 'content-type: application/json' -d @{examples}/score.json
   curl -s -X POST '{url}/v1/fhir/score?model=lower_gi' -H 'content-type: application/fhir+json' \\
        -d @{examples}/fhir_bundle.json
   OpenAPI: {url}/docs.json   probes: {url}/livez {url}/readyz   metrics: {url}/metrics""")
-        server.wait()
+        assert server.process is not None
+        server.process.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(timeout=30)
+        server.stop()
 
 
 def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def wait_ready(url: str, server: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    """Poll /readyz until the server is ready (or it exits, or the timeout passes)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with code {server.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
 
 
 if __name__ == "__main__":

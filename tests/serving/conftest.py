@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pandas as pd
 import pytest
 
 from models.spec import load_spec
 from serving.middleware import current_config
 from serving.release import release_champions
+from serving.reliability import Server
 from training.promote import promote
 from training.registry import Tracking
 from training.simulate import run_simulation
@@ -72,40 +68,15 @@ API_KEY = "server-test-key-7f3a9c"
 LOG_DIR = Path(os.environ["TRIAGE_TEST_LOG_DIR"])
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def live_server(released: Released, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:  # type: ignore[type-arg]
     """One real `bentoml serve` (two workers) on a free loopback port, with an API key."""
     home = tmp_path_factory.mktemp("server-var")
     env = {**os.environ, "TRIAGE_HOME": str(home), "TRIAGE_API_KEYS": API_KEY,
            "TRIAGE_HMAC_KEY": "server-test-hmac-91b2e4"}  # fmt: skip
-    port = free_port()
-    log = (LOG_DIR / f"server-{port}.log").open("wb")
-    started = time.monotonic()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "serving.service:Triage",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server = Server(env, log=LOG_DIR / "live-server.log")
     try:
-        while time.monotonic() - started < 90:
-            assert process.poll() is None, "the server exited during start-up"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("the server did not become ready in 90 s")
-        yield {"url": url, "env": env, "ready_seconds": time.monotonic() - started}
+        ready = server.start()
+        yield {"url": server.url, "env": env, "ready_seconds": ready}
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+        server.stop()

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,8 @@ import pytest
 
 from models.predictor import ArtifactError
 from serving.release import BUNDLE_NAME, load_release
-from tests.serving.conftest import Released, free_port
+from serving.reliability import Server, free_port
+from tests.serving.conftest import LOG_DIR, Released
 
 
 def _release_folder() -> Path:
@@ -56,26 +56,12 @@ def test_serve_refuses_to_start_on_a_tampered_release(released: Released, tmp_pa
 
 def test_no_release_keeps_readyz_failing_with_the_reason(tmp_path: Path) -> None:
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "empty"), "TRIAGE_HOME": str(tmp_path)}
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "serving.service:Triage",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server = Server(env, log=LOG_DIR / "no-release-server.log")
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert server.poll() is None, "the server stays up without a release"
-            try:
-                if httpx.get(f"{url}/livez", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        assert httpx.get(f"{url}/readyz").status_code == 503, "not ready without champions"
-        models = httpx.get(f"{url}/v1/models")
+        server.start(probe="/livez")  # the server is up without a release ...
+        assert httpx.get(f"{server.url}/readyz").status_code == 503, "... but never ready"
+        models = httpx.get(f"{server.url}/v1/models")
         assert models.status_code == 503
         assert "no champion models released" in models.json()["error"]["message"]
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
