@@ -22,6 +22,7 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]-*.ipynb"))
 KERNEL = "python3"
 TIMEOUT_SECONDS = 300  # per cell
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def test_the_worked_examples_exist() -> None:
@@ -70,6 +71,10 @@ def test_notebook_runs(
     monkeypatch.setenv("JUPYTER_PATH", str(jupyter_path))
     monkeypatch.setenv("TMPDIR", str(scratch))  # the kernel's tempfile folder
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # The cohorts are small: one thread per kernel is as fast, and it spares OpenMP and BLAS
+    # threads from spin-waiting (seconds per fit) when other jobs share the CI machine's cores.
+    for name in THREAD_VARIABLES:
+        monkeypatch.setenv(name, "1")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     spec = KernelSpecManager().get_kernel_spec(KERNEL)
     assert spec.argv[0] == sys.executable, (

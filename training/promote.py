@@ -10,17 +10,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
 from models.spec import ModelSpec
 from training.evaluate import net_benefit, paired_auc_difference
-from training.registry import CHAMPION, RegistryError, Tracking, resolve_version, run_artifact_json
+from training.registry import (
+    CHAMPION,
+    RegistryError,
+    Tracking,
+    read_run_artifact,
+    resolve_version,
+    run_artifact_json,
+)
 
 KEY = ("referral_id", "patient_id")
 
@@ -45,12 +50,10 @@ def load_candidate(tracking: Tracking, name: str, ref: str) -> Candidate:
     if version.run_id is None:
         raise RegistryError(f"{name} version {version.version} has no training run")
     evaluation = run_artifact_json(tracking.client, version.run_id, "metrics.json")
-    local = mlflow.artifacts.download_artifacts(
-        run_id=version.run_id,
-        artifact_path="evaluation_predictions.parquet",
-        tracking_uri=tracking.uri,
+    predictions = read_run_artifact(
+        tracking.client, version.run_id, "evaluation_predictions.parquet", pd.read_parquet
     )
-    return Candidate(version, evaluation, pd.read_parquet(Path(local)))
+    return Candidate(version, evaluation, predictions)
 
 
 def champion_of(tracking: Tracking, name: str) -> Candidate | None:

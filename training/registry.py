@@ -7,10 +7,13 @@ artifact folder (`mlartifacts/`). Registered model names are the spec names; ali
 
 from __future__ import annotations
 
+import json
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -18,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from models.predictor import TriagePredictor
 
+T = TypeVar("T")
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 MODEL_ARTIFACT = "model"  # the logged pyfunc model's name within a run
@@ -107,13 +111,18 @@ def load_predictor(
     return TriagePredictor.load(folder / PREDICTOR_SUBDIR, num_threads=num_threads), version
 
 
-def run_artifact_json(client: MlflowClient, run_id: str, path: str) -> Any:
-    """A JSON artifact logged with `mlflow.log_dict`."""
-    import json
-
+def read_run_artifact(client: MlflowClient, run_id: str, path: str, read: Callable[[Path], T]) -> T:
+    """Read one run artifact through a temporary download that is removed afterwards."""
     import mlflow
 
-    local = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=path, tracking_uri=client._tracking_client.tracking_uri
-    )
-    return json.loads(Path(local).read_text())
+    with tempfile.TemporaryDirectory(prefix="triage-artifact-") as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, dst_path=tmp,
+            tracking_uri=client._tracking_client.tracking_uri,
+        )  # fmt: skip
+        return read(Path(local))
+
+
+def run_artifact_json(client: MlflowClient, run_id: str, path: str) -> Any:
+    """A JSON artifact logged with `mlflow.log_dict`."""
+    return read_run_artifact(client, run_id, path, lambda p: json.loads(p.read_text()))
