@@ -311,26 +311,23 @@ def report(
     out: Annotated[Path | None, typer.Option(help="HTML file to write")] = None,
 ) -> None:
     """Re-render a training run's HTML report from its logged artifacts."""
-    import mlflow
     import pandas as pd
 
-    from training.registry import run_artifact_json
+    from training.registry import read_run_artifact, run_artifact_json
     from training.report import render_report
     from training.tracking import comparison_tables
 
     tracking = _tracking(workdir)
     client = tracking.client
     card = run_artifact_json(client, run_id, "model_card.json")
-    shap_path = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path="shap_sample.parquet", tracking_uri=tracking.uri
-    )
+    shap_sample = read_run_artifact(client, run_id, "shap_sample.parquet", pd.read_parquet)
     evaluation = run_artifact_json(client, run_id, "metrics.json")
     html = render_report(
         title=f"{card.get('title', card.get('name', run_id))}: evaluation report",
         model_card=card,
         evaluation=evaluation,
         baseline_evaluation=run_artifact_json(client, run_id, "baseline_metrics.json"),
-        shap_sample=pd.read_parquet(shap_path),
+        shap_sample=shap_sample,
         extra_tables=comparison_tables(evaluation),
     )
     target = out or workdir / "reports" / f"run-{run_id}.html"
@@ -462,6 +459,7 @@ def replay(
     """Replay a cohort through pinned model version(s): scores, drift, evaluation, what-if."""
     from rich.progress import Progress
 
+    from training.drift import flagged as flagged_drift
     from training.replay import ReplayOptions, open_cohort
     from training.replay import replay as run_replay
 
@@ -506,10 +504,10 @@ def replay(
     for outcome in result.models:
         reasons = ", ".join(f"{k} {v:,}" for k, v in outcome.summary.exclusions.most_common())
         console.print(f"{outcome.pinned.label}: ineligible (kept in the scores): {reasons or '-'}")
-        flagged = outcome.drift[outcome.drift["psi_flag"] == "major"].head(5)
-        for row in flagged.to_dict("records"):
+        flagged = flagged_drift(outcome.drift)
+        for row in flagged[flagged["psi_flag"] == "major"].head(5).to_dict("records"):
             console.print(
-                f"  drift: {row['feature']} at lab {row['lab']}, period {row['period']}: "
+                f"  drift: {row['feature']} at {row['lab']} lab(s), {row['period']}: "
                 f"PSI {row['psi']:.2f} (major)"
             )
     diff = (result.comparison or {}).get("auc_difference")
