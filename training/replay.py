@@ -750,11 +750,12 @@ class _Accumulator:
         return scored.values.iloc[chosen].reset_index(drop=True)
 
     def summary(self, scores_files: list[Path]) -> PassSummary:
-        evaluation = (
-            pa.concat_tables(self.evaluation, promote_options="permissive").to_pandas()
-            if self.evaluation
-            else pd.DataFrame()
-        )
+        evaluation = pd.DataFrame()
+        if self.evaluation:
+            table = pa.concat_tables(self.evaluation, promote_options="permissive")
+            self.evaluation = []  # convert without holding both copies
+            evaluation = table.to_pandas(self_destruct=True, split_blocks=True)
+            del table
         tally = (
             pd.concat(self.tallies, ignore_index=True)
             .groupby(["period", "status", "band", "outcome"])["count"]
@@ -945,10 +946,17 @@ def evaluate_replay(
     outcome = predictor.spec.outcome.column
     if evaluation.empty or outcome not in evaluation:
         return None
-    rows = evaluation[evaluation[outcome].notna()].reset_index(drop=True)
+    spec = predictor.spec
+    # Only what the evaluation reads: every copy it makes of a national cohort costs memory.
+    wanted = ["patient_id", spec.split.date_column, "probability", "true_risk", "age",
+              *(c for c in spec.subgroups if c != "age_band")]  # fmt: skip
+    rows = evaluation[[outcome, *(c for c in dict.fromkeys(wanted) if c in evaluation)]]
+    known = rows[outcome].notna().to_numpy()
+    if not known.all():
+        rows = rows[known].reset_index(drop=True)
     if rows.empty or rows[outcome].nunique() < 2:
         return None
-    rows[outcome] = rows[outcome].astype(np.int64)
+    rows = rows.assign(**{outcome: rows[outcome].to_numpy().astype(np.int64)})
     return evaluate_model(
         rows, rows["probability"].to_numpy(np.float64), predictor.thresholds,
         predictor.calibration, predictor.spec, n_boot, seed,

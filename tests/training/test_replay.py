@@ -44,7 +44,9 @@ def tracking(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Tracking
     tracking = Tracking(tmp_path_factory.mktemp("var"))
     spec = load_spec("any_cancer")
     for seed in (None, 99):
-        result = train_model(spec, TrainOptions(cohort, n_boot=N_BOOT, seed=seed))
+        # One thread: OpenMP on a shared, busy machine can be many times slower than one core.
+        options = TrainOptions(cohort, n_boot=N_BOOT, seed=seed, num_threads=1)
+        result = train_model(spec, options)
         log_training(result, tracking)
     return tracking
 
