@@ -5,6 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VAR    ?= var
 
+# No usage telemetry leaves this machine (BentoML and MLflow report usage by default).
+export BENTOML_DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+
 .PHONY: venv run test test-slow ci lint bench clean
 
 $(STAMP): pyproject.toml

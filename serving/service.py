@@ -163,7 +163,10 @@ def _metrics() -> dict[str, Any]:
     name="triage",
     workers="cpu_count",
     threads=1,
-    envs=[{"name": "OMP_NUM_THREADS", "value": "1"}],
+    envs=[
+        {"name": "OMP_NUM_THREADS", "value": "1"},
+        {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
+    ],
     traffic={"timeout": 30},
 )
 @bentoml.asgi_app(app, path="/v1")

@@ -19,6 +19,10 @@ os.environ["TRIAGE_TEST_LOG_DIR"] = str(LOG_DIR)
 os.environ["BENTOML_HOME"] = os.path.join(_SCRATCH, "bentoml")
 os.environ["TRIAGE_HOME"] = os.path.join(_SCRATCH, "var")
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+# No usage telemetry leaves the machine during tests (BentoML and MLflow report by default).
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["DO_NOT_TRACK"] = "1"
 for name in ("TRIAGE_API_KEYS", "TRIAGE_API_KEY_HASHES", "TRIAGE_AUDIT_URL", "TRIAGE_HMAC_KEY"):
     os.environ.pop(name, None)
 
@@ -35,10 +39,20 @@ SECRETS = (
 )
 
 
+# HTTP client libraries log what the *tests* send (fuzzed URLs can carry any string found in the
+# code, e.g. an example patient reference); they are not the system under test, so not scanned.
+CLIENT_LOGGERS = ("urllib3", "httpx", "httpcore", "requests")
+
+
+def _not_client(record: logging.LogRecord) -> bool:
+    return not record.name.startswith(CLIENT_LOGGERS)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Every log record of the run, at DEBUG, into a file the final scan reads."""
     handler = logging.FileHandler(LOG_DIR / "pytest.log")
     handler.setLevel(logging.DEBUG)
+    handler.addFilter(_not_client)
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(min(logging.getLogger().level or logging.DEBUG, logging.DEBUG))
 

@@ -19,6 +19,20 @@ app = typer.Typer(
 )
 
 
+TELEMETRY_OFF = {
+    "BENTOML_DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+}
+
+
+@app.callback()
+def main() -> None:
+    """Cancer early-diagnosis triage models: catalogue, cohorts, training, serving, replay."""
+    for name, value in TELEMETRY_OFF.items():  # no usage reports leave the machine
+        os.environ.setdefault(name, value)
+
+
 def make_console() -> Console:
     """A console as wide as the terminal, or 200 columns when piped (tables stay readable)."""
     probe = Console()

@@ -27,7 +27,7 @@ from models.validation import validate_frame
 from serving.examples import EXAMPLE_PATIENT, fhir_bundle
 from serving.release import release_champions
 from serving.reliability import Server
-from training.cli import make_console, use_bentoml_store
+from training.cli import TELEMETRY_OFF, make_console, use_bentoml_store
 from training.cohort import read_table
 from training.promote import promote
 from training.registry import Tracking
@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument("--no-serve", action="store_true", help="stop after the release")
     args = parser.parse_args()
+    for name, value in TELEMETRY_OFF.items():  # no usage reports leave the machine
+        os.environ.setdefault(name, value)
     use_bentoml_store(args.workdir)
     console = make_console()
     started = time.perf_counter()
