@@ -57,6 +57,7 @@ class Server:
     def start(self, timeout: float = 90, probe: str = "/readyz") -> float:
         """Start the server and wait until `probe` answers 200; returns the seconds it took."""
         started = time.monotonic()
+        output = self.log.open("ab") if self.log is not None else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -70,10 +71,12 @@ class Server:
                 str(self.port),
             ],
             env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        if not isinstance(output, int):
+            output.close()  # the child holds its own copy of the descriptor
         while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}")
