@@ -72,7 +72,8 @@ def spec_feature_frame(spec: ModelSpec, values: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex digest of a file's bytes (artifact integrity checks)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -297,7 +298,7 @@ class TriagePredictor:
             "catalogue": {"version": self.catalogue.version, "checksum": self.catalogue.checksum},
             "reference": self.reference,
             "metadata": self.metadata,
-            "booster_sha256": _sha256(booster_path),
+            "booster_sha256": file_sha256(booster_path),
         }
         (folder / META_FILE).write_text(json.dumps(meta, indent=1, allow_nan=True))
         return folder
@@ -316,7 +317,7 @@ class TriagePredictor:
             raise ArtifactError(f"{meta_path}: not valid JSON ({error})") from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(f"{meta_path}: unsupported format {meta.get('format_version')}")
-        if _sha256(booster_path) != meta.get("booster_sha256"):
+        if file_sha256(booster_path) != meta.get("booster_sha256"):
             raise ArtifactError(f"{booster_path}: checksum mismatch (tampered or corrupt)")
         spec = ModelSpec.model_validate(meta["spec"])
         if spec.catalogue.checksum != meta["catalogue"]["checksum"]:

@@ -8,7 +8,6 @@ model (so `bentoml build` packs every champion) and verifies every digest before
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.predictor import BOOSTER_FILE, META_FILE, ArtifactError, TriagePredictor
+from models.predictor import BOOSTER_FILE, META_FILE, ArtifactError, TriagePredictor, file_sha256
 
 BUNDLE_NAME = "triage-champions"
 RELEASE_FILE = "release.json"
@@ -29,10 +28,6 @@ class Served:
     version: str
     run_id: str | None
     predictor: TriagePredictor
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def release_champions(tracking_uri: str, names: list[str] | None = None) -> dict[str, Any]:
@@ -81,7 +76,9 @@ def release_champions(tracking_uri: str, names: list[str] | None = None) -> dict
         for name, source in imported.items():
             target = Path(bundle.path) / name
             shutil.copytree(source, target)
-            entries[name]["sha256"] = {f: _sha256(target / f) for f in (BOOSTER_FILE, META_FILE)}
+            entries[name]["sha256"] = {
+                f: file_sha256(target / f) for f in (BOOSTER_FILE, META_FILE)
+            }
         release = {
             "released_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "models": entries,
@@ -99,7 +96,7 @@ def load_release(folder: Path, *, num_threads: int = 1) -> dict[str, Served]:
     served = {}
     for name, entry in release["models"].items():
         for file, expected in entry["sha256"].items():
-            if _sha256(folder / name / file) != expected:
+            if file_sha256(folder / name / file) != expected:
                 raise ArtifactError(
                     f"{folder / name / file}: checksum mismatch with the release; "
                     "the artifact was altered or corrupted - refusing to serve it"
