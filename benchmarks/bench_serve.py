@@ -133,7 +133,7 @@ def main() -> None:
             timings = sequential(url, EXAMPLE_PATIENT, args.requests, args.seconds)
             p50, p99 = percentiles(timings)
             done, errors = asyncio.run(concurrent(url, EXAMPLE_PATIENT, 8, args.seconds))
-            rss = server.worker_rss_mb()
+            rss = sorted(server.worker_rss_mb().values())
         finally:
             server.stop()
         print(f"triage API startup to ready: {ready:.2f} s")

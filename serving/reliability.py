@@ -94,16 +94,17 @@ class Server:
         children = psutil.Process(self.process.pid).children(recursive=True)
         return [self.process.pid, *(c.pid for c in children)]
 
-    def worker_rss_mb(self) -> list[float]:
-        out = []
+    def worker_rss_mb(self) -> dict[int, float]:
+        """Resident memory (MB) of each worker process, by PID."""
+        out = {}
         for pid in self.pids()[1:]:
             try:
                 process = psutil.Process(pid)
                 if "python" in process.name().lower():
-                    out.append(process.memory_info().rss / 2**20)
+                    out[pid] = process.memory_info().rss / 2**20
             except psutil.NoSuchProcess:
                 continue
-        return sorted(out)
+        return out
 
     def kill_hard(self) -> None:
         """SIGKILL the server and its workers: a crash, not a shutdown."""
@@ -236,8 +237,9 @@ def load_drill(
         rows = store.count() - before_rows
     finally:
         server.stop()
+    # Per worker (same PID before and after); a worker that restarted would show as missing.
     growth = max(
-        (after / before - 1 for before, after in zip(rss_before, rss_after, strict=False)),
+        (rss_after[pid] / rss_before[pid] - 1 for pid in rss_before if pid in rss_after),
         default=0.0,
     )
     return {
@@ -252,8 +254,9 @@ def load_drill(
         "transport_errors": result.transport_errors,
         "p50_ms": round(result.p50_ms, 2),
         "p99_ms": round(result.p99_ms, 2),
-        "worker_rss_mb_before": [round(r) for r in rss_before],
-        "worker_rss_mb_after": [round(r) for r in rss_after],
+        "worker_rss_mb_before": [round(rss_before[pid]) for pid in sorted(rss_before)],
+        "worker_rss_mb_after": [round(rss_after.get(pid, 0)) for pid in sorted(rss_before)],
+        "workers_restarted": set(rss_before) != set(rss_after),
         "max_memory_growth": round(growth, 4),
         "audit_rows": rows,
         "audit_rows_equal_200s": rows == result.valid_ok,

@@ -9,15 +9,16 @@ response leaves. Thresholds, bands and wording come from the predictor, never fr
 
 from __future__ import annotations
 
+import gc
 import logging
 import uuid
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
 import prometheus_client
-from fastapi import Body, FastAPI, Header, Query, Request
+from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -112,13 +113,13 @@ def _request_id(given: str | None) -> str:
 
 
 @app.exception_handler(ApiError)
-def _api_error(request: Request, error: ApiError) -> JSONResponse:
+async def _api_error(request: Request, error: ApiError) -> JSONResponse:
     request_id = _request_id(request.headers.get("x-request-id"))
     return JSONResponse(error.body(request_id).model_dump(), status_code=error.status)
 
 
 @app.exception_handler(RequestValidationError)
-def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
     request_id = _request_id(request.headers.get("x-request-id"))
     errors = error.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
@@ -159,18 +160,7 @@ def _metrics() -> dict[str, Any]:
     }
 
 
-@bentoml.service(
-    name="triage",
-    workers="cpu_count",
-    threads=1,
-    envs=[
-        {"name": "OMP_NUM_THREADS", "value": "1"},
-        {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
-    ],
-    traffic={"timeout": 30},
-)
-@bentoml.asgi_app(app, path="/v1")
-class Triage:
+class TriageService:
     """Cancer triage models: one worker per core, each holding every champion predictor."""
 
     def __init__(self) -> None:
@@ -188,6 +178,10 @@ class Triage:
             return
         self.served = load_release(folder)  # raises ArtifactError on a tampered artifact
         logger.info("serving %s", ", ".join(f"{n} v{s.version}" for n, s in self.served.items()))
+        # Everything loaded so far (libraries, predictors) lives as long as the worker: keep it
+        # out of the cyclic collector's full passes, which otherwise stall a request now and then.
+        gc.collect()
+        gc.freeze()
 
     def __is_ready__(self) -> bool:
         return bool(self.served) and self.not_ready_reason is None
@@ -329,130 +323,152 @@ class Triage:
             warnings=_issues([i for i in score.issues if i.severity == "warning"]),
         )
 
-    # --- routes ---------------------------------------------------------------------------------
-
-    @app.post("/score", response_model=ScoreResponse, responses=ERRORS)
-    async def score(
-        self, body: ScoreRequest, x_request_id: str | None = Header(default=None)
-    ) -> JSONResponse:
-        """Score one patient: probability, band, recommendation and exact explanation."""
-        request_id = body.request_id or _request_id(x_request_id)
-        try:
-            served, score = self._score(body)
-        except ApiError as error:
-            return JSONResponse(error.body(request_id).model_dump(), status_code=error.status)
-        self._commit(served, score, request_id, "score", body.patient_reference)
-        return JSONResponse(self._response(served, score, request_id).model_dump())
-
-    @app.post("/score/batch", response_model=BatchResponse, responses=ERRORS)
-    async def score_batch(
-        self, body: BatchRequest, x_request_id: str | None = Header(default=None)
-    ) -> JSONResponse:
-        """Score several patients; each is scored or refused on its own."""
-        request_id = _request_id(x_request_id)
-        if len(body.patients) > self.config.max_batch:
-            error = ApiError(
-                422,
-                "batch_too_large",
-                f"at most {self.config.max_batch} patients",
-                [
-                    Issue(
-                        "error",
-                        "batch_too_large",
-                        "patients",
-                        f"{len(body.patients)} > {self.config.max_batch}",
-                    )
-                ],
-            )
-            return JSONResponse(error.body(request_id).model_dump(), status_code=422)
-        items, records, scored = [], [], []
-        for index, patient in enumerate(body.patients):
-            try:
-                served, score = self._score(patient)
-            except ApiError as error:
-                items.append(
-                    BatchItem(
-                        index=index,
-                        status="refused",
-                        error=ErrorBody(
-                            code=error.code, message=error.message, issues=_issues(error.issues)
-                        ),
-                    )
-                )
-                continue
-            item_id = patient.request_id or f"{request_id}.{index}"
-            records.append(
-                self._audit_record(
-                    served,
-                    score,
-                    request_id=request_id,
-                    item=index,
-                    endpoint="score/batch",
-                    patient_reference=patient.patient_reference,
-                )
-            )
-            scored.append((served, score))
-            items.append(
-                BatchItem(
-                    index=index, status="scored", result=self._response(served, score, item_id)
-                )
-            )
-        self.audit.write(records)
-        for served, score in scored:
-            self._observe(served, score)
-        return JSONResponse(BatchResponse(request_id=request_id, results=items).model_dump())
-
-    @app.post("/fhir/score", responses=FHIR_RESPONSES)
-    async def fhir_score(
-        self,
-        bundle: dict[str, Any] = Body(description="a FHIR R4 Bundle: Patient + Observations"),  # noqa: B008
-        model: str | None = Query(default=None, max_length=64),
-        pathway: str | None = Query(default=None, max_length=32),
-        x_request_id: str | None = Header(default=None),
-    ) -> JSONResponse:
-        """FHIR R4 Bundle in, RiskAssessment out (OperationOutcome on error)."""
-        request_id = _request_id(x_request_id)
-        try:
-            served, pathway = self._choose(model, pathway)
-            request = parse_bundle(bundle, served.predictor.catalogue)
-            score = served.predictor.score(request.record, pathway=pathway)
-            if not score.eligible:
-                raise FhirError(score.issues)
-        except ApiError as error:
-            return _fhir_error(
-                error.status, error.issues or [Issue("error", error.code, "model", error.message)]
-            )
-        except FhirError as error:
-            return _fhir_error(422, error.issues)
-        self._commit(served, score, request_id, "fhir/score", request.subject)
-        score_warnings = [i for i in score.issues if i.severity == "warning"]
-        assessment = risk_assessment(
-            score,
-            request,
-            model_name=served.name,
-            model_version=served.version,
-            outcome=served.predictor.spec.outcome.definition,
-            request_id=request_id,
-        )
-        if request.warnings or score_warnings:
-            assessment["contained"] = [operation_outcome([*request.warnings, *score_warnings])]
-        return JSONResponse(assessment, media_type="application/fhir+json")
-
-    @app.get("/models", response_model=ModelsResponse, responses=ERRORS)
-    async def models(self) -> ModelsResponse | JSONResponse:
-        """Discovery: each served model's inputs, units, limits, thresholds, version, use."""
-        if not self.__is_ready__():
-            error = ApiError(503, "not_ready", self.not_ready_reason or "no model is loaded")
-            return JSONResponse(error.body(uuid.uuid4().hex).model_dump(), status_code=503)
-        return ModelsResponse(
-            models=[
-                ModelInfo(version=s.version, run_id=s.run_id, **s.predictor.describe())
-                for s in self.served.values()
-            ]
-        )
-
 
 def _fhir_error(status: int, issues: list[Issue] | tuple[Issue, ...]) -> JSONResponse:
     return JSONResponse(
         operation_outcome(list(issues)), status_code=status, media_type="application/fhir+json"
     )
+
+
+async def _current() -> TriageService:
+    """The worker's service instance: an async dependency, so no thread hop per request."""
+    return bentoml.get_current_service()
+
+
+Service = Annotated[TriageService, Depends(_current)]
+
+
+@app.post("/score", response_model=ScoreResponse, responses=ERRORS)
+async def score(
+    service: Service, body: ScoreRequest, x_request_id: str | None = Header(default=None)
+) -> JSONResponse:
+    """Score one patient: probability, band, recommendation and exact explanation."""
+    request_id = body.request_id or _request_id(x_request_id)
+    try:
+        served, score = service._score(body)
+    except ApiError as error:
+        return JSONResponse(error.body(request_id).model_dump(), status_code=error.status)
+    service._commit(served, score, request_id, "score", body.patient_reference)
+    return JSONResponse(service._response(served, score, request_id).model_dump())
+
+
+@app.post("/score/batch", response_model=BatchResponse, responses=ERRORS)
+async def score_batch(
+    service: Service, body: BatchRequest, x_request_id: str | None = Header(default=None)
+) -> JSONResponse:
+    """Score several patients; each is scored or refused on its own."""
+    request_id = _request_id(x_request_id)
+    if len(body.patients) > service.config.max_batch:
+        error = ApiError(
+            422,
+            "batch_too_large",
+            f"at most {service.config.max_batch} patients",
+            [
+                Issue(
+                    "error",
+                    "batch_too_large",
+                    "patients",
+                    f"{len(body.patients)} > {service.config.max_batch}",
+                )
+            ],
+        )
+        return JSONResponse(error.body(request_id).model_dump(), status_code=422)
+    items, records, scored = [], [], []
+    for index, patient in enumerate(body.patients):
+        try:
+            served, score = service._score(patient)
+        except ApiError as error:
+            items.append(
+                BatchItem(
+                    index=index,
+                    status="refused",
+                    error=ErrorBody(
+                        code=error.code, message=error.message, issues=_issues(error.issues)
+                    ),
+                )
+            )
+            continue
+        item_id = patient.request_id or f"{request_id}.{index}"
+        records.append(
+            service._audit_record(
+                served,
+                score,
+                request_id=request_id,
+                item=index,
+                endpoint="score/batch",
+                patient_reference=patient.patient_reference,
+            )
+        )
+        scored.append((served, score))
+        items.append(
+            BatchItem(
+                index=index, status="scored", result=service._response(served, score, item_id)
+            )
+        )
+    service.audit.write(records)
+    for served, score in scored:
+        service._observe(served, score)
+    return JSONResponse(BatchResponse(request_id=request_id, results=items).model_dump())
+
+
+@app.post("/fhir/score", responses=FHIR_RESPONSES)
+async def fhir_score(
+    service: Service,
+    bundle: dict[str, Any] = Body(description="a FHIR R4 Bundle: Patient + Observations"),  # noqa: B008
+    model: str | None = Query(default=None, max_length=64),
+    pathway: str | None = Query(default=None, max_length=32),
+    x_request_id: str | None = Header(default=None),
+) -> JSONResponse:
+    """FHIR R4 Bundle in, RiskAssessment out (OperationOutcome on error)."""
+    request_id = _request_id(x_request_id)
+    try:
+        served, pathway = service._choose(model, pathway)
+        request = parse_bundle(bundle, served.predictor.catalogue)
+        score = served.predictor.score(request.record, pathway=pathway)
+        if not score.eligible:
+            raise FhirError(score.issues)
+    except ApiError as error:
+        return _fhir_error(
+            error.status, error.issues or [Issue("error", error.code, "model", error.message)]
+        )
+    except FhirError as error:
+        return _fhir_error(422, error.issues)
+    service._commit(served, score, request_id, "fhir/score", request.subject)
+    score_warnings = [i for i in score.issues if i.severity == "warning"]
+    assessment = risk_assessment(
+        score,
+        request,
+        model_name=served.name,
+        model_version=served.version,
+        outcome=served.predictor.spec.outcome.definition,
+        request_id=request_id,
+    )
+    if request.warnings or score_warnings:
+        assessment["contained"] = [operation_outcome([*request.warnings, *score_warnings])]
+    return JSONResponse(assessment, media_type="application/fhir+json")
+
+
+@app.get("/models", response_model=ModelsResponse, responses=ERRORS)
+async def models(service: Service) -> ModelsResponse | JSONResponse:
+    """Discovery: each served model's inputs, units, limits, thresholds, version, use."""
+    if not service.__is_ready__():
+        error = ApiError(503, "not_ready", service.not_ready_reason or "no model is loaded")
+        return JSONResponse(error.body(uuid.uuid4().hex).model_dump(), status_code=503)
+    return ModelsResponse(
+        models=[
+            ModelInfo(version=s.version, run_id=s.run_id, **s.predictor.describe())
+            for s in service.served.values()
+        ]
+    )
+
+
+Triage = bentoml.service(
+    name="triage",
+    workers="cpu_count",
+    threads=1,
+    envs=[
+        {"name": "OMP_NUM_THREADS", "value": "1"},
+        {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
+    ],
+    traffic={"timeout": 30},
+)(bentoml.asgi_app(app, path="/v1")(TriageService))
