@@ -6,8 +6,9 @@ temporary work folder, starts `bentoml serve` (one worker per core) and prints:
 - sequential single-patient score + explain latency, p50 and p99 (ms);
 - throughput with explanations at 8 concurrent clients (requests/s), and errors;
 - in the same run, `mlflow models serve` predict-only latency for the same champion (p50, p99).
-Every loop is bounded in count and time; all traffic stays on 127.0.0.1; the servers this script
-starts are stopped by PID.
+Both servers are measured with the same raw-socket keep-alive client (`serving.reliability`), so
+the figures are the servers' and not an HTTP library's. Every loop is bounded in count and time;
+all traffic stays on 127.0.0.1; the servers this script starts are stopped by PID.
 Run: `.venv/bin/python benchmarks/bench_serve.py [--requests 1000] [--seconds 20]`.
 """
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from models.spec import load_spec
 from serving.examples import EXAMPLE_PATIENT
-from serving.reliability import Server, free_port
+from serving.reliability import RawHttp, Server, free_port, http_request, saturate
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], path: str, timeout: float) -> float:
@@ -50,37 +51,24 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(array, 50)), float(np.percentile(array, 99))
 
 
-def sequential(url: str, body: dict, n: int, seconds: float) -> list[float]:  # type: ignore[type-arg]
+def sequential(port: int, request: bytes, n: int, seconds: float) -> list[float]:
+    """Wall time of `n` back-to-back requests on one keep-alive connection (after a warm-up)."""
     timings: list[float] = []
     deadline = time.monotonic() + seconds
-    with httpx.Client(timeout=10) as client:
-        for _ in range(20):  # warm-up
-            client.post(url, json=body)
+    client = RawHttp(port)
+    try:
+        for _ in range(50):  # warm-up
+            client.send(request)
         for _ in range(n):
             if time.monotonic() > deadline:
                 break
             started = time.perf_counter()
-            response = client.post(url, json=body)
+            status, body = client.send(request)
             timings.append(time.perf_counter() - started)
-            assert response.status_code == 200, response.text
+            assert status == 200, body[:500]
+    finally:
+        client.close()
     return timings
-
-
-async def concurrent(url: str, body: dict, clients: int, seconds: float) -> tuple[int, int]:  # type: ignore[type-arg]
-    done = errors = 0
-    deadline = time.monotonic() + seconds
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal done, errors
-        while time.monotonic() < deadline:
-            response = await client.post(url, json=body)
-            done += 1
-            errors += response.status_code != 200
-
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=10, limits=limits) as client:
-        await asyncio.gather(*(worker(client) for _ in range(clients)))
-    return done, errors
 
 
 def prepare(work: Path, n: int) -> dict[str, str]:
@@ -129,10 +117,10 @@ def main() -> None:
         server = Server(env)
         try:
             ready = server.start(timeout=120)
-            url = f"{server.url}/v1/score"
-            timings = sequential(url, EXAMPLE_PATIENT, args.requests, args.seconds)
+            request = http_request("POST", "/v1/score", EXAMPLE_PATIENT)
+            timings = sequential(server.port, request, args.requests, args.seconds)
             p50, p99 = percentiles(timings)
-            done, errors = asyncio.run(concurrent(url, EXAMPLE_PATIENT, 8, args.seconds))
+            done, errors = asyncio.run(saturate(server.port, request, 8, args.seconds))
             rss = sorted(server.worker_rss_mb().values())
         finally:
             server.stop()
@@ -152,8 +140,8 @@ def main() -> None:
         try:
             base = f"http://127.0.0.1:{port}"
             ready = wait_ready(base, mlflow_server, "/ping", 180)
-            body = {"dataframe_records": [mlflow_row()]}
-            timings = sequential(f"{base}/invocations", body, args.requests, args.seconds)
+            request = http_request("POST", "/invocations", {"dataframe_records": [mlflow_row()]})
+            timings = sequential(port, request, args.requests, args.seconds)
             m50, m99 = percentiles(timings)
         finally:
             mlflow_server.terminate()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import os
 import signal
 import socket
@@ -123,6 +124,87 @@ class Server:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill_hard()
+
+
+def http_request(
+    method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+) -> bytes:
+    """One HTTP/1.1 keep-alive request, encoded once (JSON body if given)."""
+    data = b"" if body is None else json.dumps(body).encode()
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(data)}"]
+    lines += [
+        f"{k}: {v}" for k, v in {"Content-Type": "application/json", **(headers or {})}.items()
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    raise ValueError("response without Content-Length")
+
+
+class RawHttp:
+    """A minimal keep-alive HTTP/1.1 client on one loopback socket, for latency figures.
+
+    httpx spends a few tenths of a millisecond of Python per request; this client sends bytes
+    encoded once and reads one Content-Length-framed response, so a latency figure is the
+    server's (plus loopback), not the client library's.
+    """
+
+    def __init__(self, port: int, timeout: float = 10) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+
+    def send(self, request: bytes) -> tuple[int, bytes]:
+        """(status, body) of one request/response exchange."""
+        self.sock.sendall(request)
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self._recv()
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        length = _content_length(head)
+        while len(rest) < length:
+            rest += self._recv()
+        self.buffer = rest[length:]
+        return int(head.split(b" ", 2)[1]), rest[:length]
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def saturate(port: int, request: bytes, clients: int, seconds: float) -> tuple[int, int]:
+    """`clients` keep-alive connections sending `request` back to back for `seconds`.
+
+    Returns (responses, non-200 responses). The client is a few lines of asyncio on raw sockets
+    so that it takes little of the CPU it shares with the server.
+    """
+    done = errors = 0
+    deadline = time.monotonic() + seconds
+
+    async def client() -> None:
+        nonlocal done, errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.monotonic() < deadline and done < MAX_REQUESTS:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(_content_length(head))
+                done += 1
+                errors += head.split(b" ", 2)[1] != b"200"
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return done, errors
 
 
 def _invalid(i: int) -> dict[str, Any]:

@@ -20,7 +20,8 @@ import bentoml
 import prometheus_client
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from models.predictor import Score
 from models.spec import PATHWAYS
@@ -108,18 +109,23 @@ def _issues(issues: list[Issue] | tuple[Issue, ...]) -> list[IssueOut]:
     ]
 
 
+def _json(body: BaseModel, status: int = 200) -> Response:
+    """A JSON response serialised by pydantic-core in one step (no intermediate dict)."""
+    return Response(body.model_dump_json(), status_code=status, media_type="application/json")
+
+
 def _request_id(given: str | None) -> str:
     return given or uuid.uuid4().hex
 
 
 @app.exception_handler(ApiError)
-async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+async def _api_error(request: Request, error: ApiError) -> Response:
     request_id = _request_id(request.headers.get("x-request-id"))
-    return JSONResponse(error.body(request_id).model_dump(), status_code=error.status)
+    return _json(error.body(request_id), error.status)
 
 
 @app.exception_handler(RequestValidationError)
-async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+async def _invalid_request(request: Request, error: RequestValidationError) -> Response:
     request_id = _request_id(request.headers.get("x-request-id"))
     errors = error.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
@@ -135,7 +141,7 @@ async def _invalid_request(request: Request, error: RequestValidationError) -> J
             for e in errors
         ]
         failure = ApiError(422, "invalid_request", "the request does not match the schema", issues)
-    return JSONResponse(failure.body(request_id).model_dump(), status_code=failure.status)
+    return _json(failure.body(request_id), failure.status)
 
 
 @cache
@@ -324,7 +330,7 @@ class TriageService:
         )
 
 
-def _fhir_error(status: int, issues: list[Issue] | tuple[Issue, ...]) -> JSONResponse:
+def _fhir_error(status: int, issues: list[Issue] | tuple[Issue, ...]) -> Response:
     return JSONResponse(
         operation_outcome(list(issues)), status_code=status, media_type="application/fhir+json"
     )
@@ -341,21 +347,21 @@ Service = Annotated[TriageService, Depends(_current)]
 @app.post("/score", response_model=ScoreResponse, responses=ERRORS)
 async def score(
     service: Service, body: ScoreRequest, x_request_id: str | None = Header(default=None)
-) -> JSONResponse:
+) -> Response:
     """Score one patient: probability, band, recommendation and exact explanation."""
     request_id = body.request_id or _request_id(x_request_id)
     try:
         served, score = service._score(body)
     except ApiError as error:
-        return JSONResponse(error.body(request_id).model_dump(), status_code=error.status)
+        return _json(error.body(request_id), error.status)
     service._commit(served, score, request_id, "score", body.patient_reference)
-    return JSONResponse(service._response(served, score, request_id).model_dump())
+    return _json(service._response(served, score, request_id))
 
 
 @app.post("/score/batch", response_model=BatchResponse, responses=ERRORS)
 async def score_batch(
     service: Service, body: BatchRequest, x_request_id: str | None = Header(default=None)
-) -> JSONResponse:
+) -> Response:
     """Score several patients; each is scored or refused on its own."""
     request_id = _request_id(x_request_id)
     if len(body.patients) > service.config.max_batch:
@@ -372,7 +378,7 @@ async def score_batch(
                 )
             ],
         )
-        return JSONResponse(error.body(request_id).model_dump(), status_code=422)
+        return _json(error.body(request_id), 422)
     items, records, scored = [], [], []
     for index, patient in enumerate(body.patients):
         try:
@@ -408,7 +414,7 @@ async def score_batch(
     service.audit.write(records)
     for served, score in scored:
         service._observe(served, score)
-    return JSONResponse(BatchResponse(request_id=request_id, results=items).model_dump())
+    return _json(BatchResponse(request_id=request_id, results=items))
 
 
 @app.post("/fhir/score", responses=FHIR_RESPONSES)
@@ -418,7 +424,7 @@ async def fhir_score(
     model: str | None = Query(default=None, max_length=64),
     pathway: str | None = Query(default=None, max_length=32),
     x_request_id: str | None = Header(default=None),
-) -> JSONResponse:
+) -> Response:
     """FHIR R4 Bundle in, RiskAssessment out (OperationOutcome on error)."""
     request_id = _request_id(x_request_id)
     try:
@@ -449,11 +455,11 @@ async def fhir_score(
 
 
 @app.get("/models", response_model=ModelsResponse, responses=ERRORS)
-async def models(service: Service) -> ModelsResponse | JSONResponse:
+async def models(service: Service) -> ModelsResponse | Response:
     """Discovery: each served model's inputs, units, limits, thresholds, version, use."""
     if not service.__is_ready__():
         error = ApiError(503, "not_ready", service.not_ready_reason or "no model is loaded")
-        return JSONResponse(error.body(uuid.uuid4().hex).model_dump(), status_code=503)
+        return _json(error.body(uuid.uuid4().hex), 503)
     return ModelsResponse(
         models=[
             ModelInfo(version=s.version, run_id=s.run_id, **s.predictor.describe())
