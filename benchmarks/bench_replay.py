@@ -11,7 +11,8 @@ Prints (it asserts nothing; the goals are stated beside the figures):
 A default any_cancer model is trained once on 100k simulated referrals and registered in a
 temporary MLflow store, so the replay resolves it through the registry as in production.
 Run: `.venv/bin/python benchmarks/bench_replay.py [--rows 1000000] [--big-rows 5000000]
-[--explain-rows 200000] [--workdir DIR]` (a given workdir keeps the cohorts between runs).
+[--explain-rows 200000] [--workdir DIR]` (a given workdir keeps the cohorts between runs;
+`--big-rows 0` or `--explain-rows 0` skips that part).
 """
 
 from __future__ import annotations
@@ -196,8 +197,10 @@ def main() -> None:
     print(f"pandas {pd.__version__}, pyarrow {pa.__version__}; workdir {workdir}")
     tracking, cohort = prepare(workdir, args.rows)
     bench_scoring(tracking, cohort, workdir)
-    bench_explain(tracking, cohort, workdir, args.explain_rows)
-    bench_memory(tracking, cohort, workdir, args.big_rows)
+    if args.explain_rows > 0:
+        bench_explain(tracking, cohort, workdir, args.explain_rows)
+    if args.big_rows > 0:
+        bench_memory(tracking, cohort, workdir, args.big_rows)
 
 
 if __name__ == "__main__":
