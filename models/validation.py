@@ -520,10 +520,11 @@ def validate_frame(
     out.add("age_out_of_range", "age", rows, [message_age(age[i], eligibility) for i in rows])
 
     raw_sex = frame["sex"] if "sex" in frame else pd.Series([None] * n, index=frame.index)
-    sex = raw_sex.map(parse_sex, na_action=None)
+    sex = raw_sex.map(parse_sex, na_action=None)  # a categorical maps its categories only
     rows = np.flatnonzero(sex.isna().to_numpy())
-    raw_sex_values = raw_sex.to_numpy(dtype=object)
-    out.add("invalid_sex", "sex", rows, [message_sex(raw_sex_values[i]) for i in rows])
+    if len(rows):
+        raw_sex_values = raw_sex.to_numpy(dtype=object)
+        out.add("invalid_sex", "sex", rows, [message_sex(raw_sex_values[i]) for i in rows])
 
     _eligibility_issues_frame(provided, eligibility, n, out)
     like = np.full(n, np.nan)
@@ -535,10 +536,26 @@ def validate_frame(
     error_rows = issues.loc[issues["severity"] == "error", "row"].to_numpy(np.intp)
     eligible = np.ones(n, dtype=bool)
     eligible[error_rows] = False
-    canonical = pd.DataFrame(
-        {"age": age, "sex": sex.to_numpy(dtype=object), **values}, index=frame.index
-    )
+    # Every array is this function's own, so the frame takes them as they are (copy=False: no
+    # consolidation into one block, which would copy every column once more).
+    columns = {"age": np.array(age, dtype=np.float64), "sex": as_objects(sex), **values}
+    canonical = pd.DataFrame(columns, index=frame.index, copy=False)
     return FrameValidation(values=canonical, issues=issues, eligible=eligible)
+
+
+def as_objects(column: pd.Series) -> npt.NDArray[np.object_]:
+    """`column.to_numpy(dtype=object)`, element for element; a categorical of text converts its
+    few categories, then picks one per row, instead of converting every row."""
+    if isinstance(column.dtype, pd.CategoricalDtype) and _is_text(column.cat.categories):
+        names = np.asarray(column.cat.categories, dtype=object)
+        lookup = np.append(names, np.array([np.nan], dtype=object))
+        picked: npt.NDArray[np.object_] = lookup[column.cat.codes.to_numpy()]  # -1 picks NaN
+        return picked
+    return column.to_numpy(dtype=object)
+
+
+def _is_text(index: pd.Index) -> bool:
+    return index.dtype == object or isinstance(index.dtype, pd.StringDtype)
 
 
 def _check_column(
@@ -548,29 +565,26 @@ def _check_column(
 
     Returns the canonical values and which cells were given at all (valid or not).
     """
+    fast = _canonical_column(analyte, column, unit_source)
+    if fast is not None:
+        return fast
     code = analyte.code
-    raw_objects = column.to_numpy(dtype=object)
     numeric = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
     given = column.notna().to_numpy()
     finite = np.isfinite(numeric)
     rows = np.flatnonzero(given & ~finite)
-    out.add(
-        "not_a_number", code, rows, [message_not_a_number(analyte, raw_objects[i]) for i in rows]
-    )
+    if len(rows):
+        raw_objects = column.to_numpy(dtype=object)
+        messages = [message_not_a_number(analyte, raw_objects[i]) for i in rows]
+        out.add("not_a_number", code, rows, messages)
     present = given & finite
     result = np.full(len(column), np.nan)
 
-    if isinstance(unit_source, str):
-        groups: list[tuple[object, npt.NDArray[np.bool_]]] = [(unit_source, present)]
-    else:
-        unit_values = unit_source.to_numpy(dtype=object)
-        blank = pd.isna(unit_source).to_numpy() | np.array(
-            [isinstance(u, str) and not u.strip() for u in unit_values], dtype=bool
-        )
-        groups = [(None, present & blank)]
-        for unit in pd.unique(unit_values[present & ~blank]):
-            groups.append((unit, present & ~blank & (unit_values == unit)))
-
+    groups = (
+        [(unit_source, present)]
+        if isinstance(unit_source, str)
+        else _unit_groups(unit_source, present)
+    )
     for unit, mask in groups:
         if not mask.any():
             continue
@@ -607,6 +621,63 @@ def _check_column(
     return result, given
 
 
+def _canonical_column(
+    analyte: Analyte, column: pd.Series, unit_source: pd.Series | str
+) -> tuple[FloatArray, npt.NDArray[np.bool_]] | None:
+    """The fast path of `_check_column`, for the common case of a column with nothing to report:
+    numbers (a numpy dtype, not bool) declared as a whole in the canonical unit (not an
+    ambiguous one), every given value finite and within the hard limits. Then no cell raises an
+    issue and the canonical values are the values themselves (a factor of 1 changes no bit),
+    so a few whole-column comparisons suffice. None when any of that does not hold: the general
+    path then converts, checks and words the issues."""
+    if not isinstance(unit_source, str) or not isinstance(column.dtype, np.dtype):
+        return None
+    if column.dtype.kind not in "fiu":
+        return None
+    match = unit_table(analyte).get(unit_key(unit_source))
+    if match is None or not match.is_canonical or match.unit in analyte.ambiguous_units:
+        return None
+    numeric = column.to_numpy(np.float64)
+    # fmin/fmax skip NaN (absent cells); they are NaN only when every cell is absent.
+    lowest, highest = (
+        np.fmin.reduce(numeric, initial=np.inf),
+        np.fmax.reduce(numeric, initial=-np.inf),
+    )
+    low, high = analyte.limits.low, analyte.limits.high
+    if lowest != np.inf or highest != -np.inf:  # some value is given
+        if not (np.isfinite(lowest) and np.isfinite(highest)):
+            return None
+        if (low is not None and lowest < low) or (high is not None and highest > high):
+            return None
+    given = ~np.isnan(numeric)
+    return np.where(given, numeric, np.nan), given
+
+
+def _unit_groups(
+    units: pd.Series, present: npt.NDArray[np.bool_]
+) -> list[tuple[object, npt.NDArray[np.bool_]]]:
+    """The present cells of each declared unit: first those with a blank or missing unit (None:
+    the canonical unit is assumed), then one group per distinct unit. A categorical of text is
+    grouped by its codes, without looking at every row's string."""
+    if isinstance(units.dtype, pd.CategoricalDtype) and _is_text(units.cat.categories):
+        names = list(units.cat.categories)
+        codes = units.cat.codes.to_numpy()
+        blank_name = np.array([isinstance(u, str) and not u.strip() for u in names] + [True])
+        blank = blank_name[codes]  # code -1 (missing) is blank too
+        groups: list[tuple[object, npt.NDArray[np.bool_]]] = [(None, present & blank)]
+        for i in np.unique(codes[present & ~blank]):
+            groups.append((names[i], present & (codes == i)))
+        return groups
+    unit_values = units.to_numpy(dtype=object)
+    blank = pd.isna(units).to_numpy() | np.array(
+        [isinstance(u, str) and not u.strip() for u in unit_values], dtype=bool
+    )
+    groups = [(None, present & blank)]
+    for unit in pd.unique(unit_values[present & ~blank]):
+        groups.append((unit, present & ~blank & (unit_values == unit)))
+    return groups
+
+
 def _inside(values: FloatArray, analyte: Analyte) -> npt.NDArray[np.bool_]:
     low, high = analyte.limits.low, analyte.limits.high
     ok = np.ones(len(values), dtype=bool)
@@ -629,14 +700,14 @@ def _eligibility_issues_frame(
     everywhere = np.ones(n, dtype=bool)
     for panel in eligibility.required_panels:
         core = PANEL_CORE[panel]
-        missing_any = np.zeros(n, dtype=bool)
-        for code in core:
-            missing_any |= absent.get(code, everywhere)
-        rows = np.flatnonzero(missing_any)
-        messages = [
-            message_panel(panel, [c for c in core if absent.get(c, everywhere)[i]]) for i in rows
-        ]
-        out.add("missing_required_panel", panel, rows, messages)
+        # Each row's missing core analytes as bits: one message per pattern, not per row.
+        pattern = np.zeros(n, dtype=np.int64)
+        for bit, code in enumerate(core):
+            pattern |= absent.get(code, everywhere).astype(np.int64) << bit
+        rows = np.flatnonzero(pattern)
+        found, which = np.unique(pattern[rows], return_inverse=True)
+        texts = [message_panel(panel, [c for b, c in enumerate(core) if p >> b & 1]) for p in found]
+        out.add("missing_required_panel", panel, rows, np.array(texts, dtype=object)[which])
     for code in eligibility.required_analytes:
         rows = np.flatnonzero(absent.get(code, everywhere))
         out.add("missing_required_analyte", code, rows, f"{code} is required")

@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.analytes import CATALOGUE
-from models.validation import ISSUE_CODES, Eligibility, Issue, validate_frame, validate_record
+from models.validation import (
+    ISSUE_CODES,
+    Eligibility,
+    Issue,
+    _canonical_column,
+    as_objects,
+    validate_frame,
+    validate_record,
+)
 
 FBC = {"haemoglobin": {"value": 140, "unit": "g/L"}, "wbc": 7.0, "platelets": 250}
 REQUIRE_FBC = Eligibility(min_age=40, max_age=100, required_panels=("fbc",))
@@ -178,15 +186,29 @@ def _frame_from_records(records: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-@settings(max_examples=150, deadline=None)
-@given(records=_records(), eligible=st.booleans())
-def test_frame_validation_equals_record_by_record(
-    records: list[dict[str, Any]], eligible: bool
-) -> None:
-    eligibility = (
-        Eligibility(min_age=30, max_age=90, required_panels=("fbc",)) if eligible else None
-    )
+def _typed_frame_from_records(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """The frame a Parquet extract gives: numbers as float64 where every cell is a number or
+    absent, text (units, sex) as categoricals, and no unit column where every cell declares the
+    canonical unit (the frame's default): the layout of validate_frame's fast path."""
     frame = _frame_from_records(records)
+    for column in list(frame.columns):
+        cells = frame[column]
+        if column.endswith("_unit"):
+            canonical = CATALOGUE[column.removesuffix("_unit")].unit
+            if (cells == canonical).all():
+                frame = frame.drop(columns=column)
+            else:
+                frame[column] = cells.astype("category")
+        elif column == "sex":
+            frame[column] = cells.astype("category")
+        elif all(c is None or isinstance(c, float) for c in cells):
+            frame[column] = cells.astype(np.float64)
+    return frame
+
+
+def _assert_frame_equals_records(
+    frame: pd.DataFrame, records: list[dict[str, Any]], eligibility: Eligibility | None
+) -> None:
     framed = validate_frame(frame, eligibility=eligibility)
     for row, record in enumerate(records):
         single = validate_record(record, eligibility=eligibility)
@@ -204,6 +226,141 @@ def test_frame_validation_equals_record_by_record(
                 assert value == single.values[code], f"row {row} {code}: {value} != record"
             else:
                 assert np.isnan(value), f"row {row} {code}: frame kept a value the record dropped"
+
+
+@settings(max_examples=150, deadline=None)
+@given(records=_records(), eligible=st.booleans())
+def test_frame_validation_equals_record_by_record(
+    records: list[dict[str, Any]], eligible: bool
+) -> None:
+    eligibility = (
+        Eligibility(min_age=30, max_age=90, required_panels=("fbc",)) if eligible else None
+    )
+    _assert_frame_equals_records(_frame_from_records(records), records, eligibility)
+
+
+@st.composite
+def _canonical_records(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Records whose analytes are numbers, each analyte declared in its canonical unit in
+    every record or in any unit per record: what the fast path sees, and just beside it."""
+    codes = draw(st.lists(st.sampled_from(PROPERTY_CODES), min_size=1, max_size=6, unique=True))
+    canonical = {code: draw(st.booleans()) for code in codes}
+    n = draw(st.integers(min_value=1, max_value=6))
+    records = []
+    for _ in range(n):
+        analytes = {}
+        for code in codes:
+            analyte = CATALOGUE[code]
+            low, high = analyte.limits.low or 0.0, analyte.limits.high or 1.0
+            value = draw(
+                st.one_of(
+                    st.none(),
+                    st.floats(min_value=low, max_value=high),
+                    st.floats(min_value=-10 * high, max_value=10 * high),
+                    st.sampled_from([math.inf, -math.inf, float("nan"), low, high]),
+                )
+            )
+            units = [analyte.unit] if canonical[code] else [None, "", "furlongs", *analyte.units]
+            analytes[code] = {"value": value, "unit": draw(st.sampled_from(units))}
+        age = draw(st.one_of(st.none(), st.floats(-5, 130)))
+        sex = draw(st.sampled_from(["male", "F", "x", None]))
+        records.append({"age": age, "sex": sex, "analytes": analytes})
+    return records
+
+
+@settings(max_examples=150, deadline=None)
+@given(records=_canonical_records(), eligible=st.booleans())
+def test_typed_frame_validation_equals_record_by_record(
+    records: list[dict[str, Any]], eligible: bool
+) -> None:
+    """float64 columns in the canonical unit take the fast path when clean and fall back to the
+    general path when a value is infinite or implausible; both agree with the record path."""
+    eligibility = (
+        Eligibility(min_age=30, max_age=90, required_panels=("fbc",)) if eligible else None
+    )
+    _assert_frame_equals_records(_typed_frame_from_records(records), records, eligibility)
+
+
+def _general_path(frame: pd.DataFrame) -> pd.DataFrame:
+    """The same cells as Python objects: the fast path takes numeric dtypes only."""
+    return frame.astype({c: object for c in frame.columns if c in CATALOGUE})
+
+
+def _assert_same_validation(frame: pd.DataFrame, **options: Any) -> None:
+    fast, general = (
+        validate_frame(frame, **options),
+        validate_frame(_general_path(frame), **options),
+    )
+    pd.testing.assert_frame_equal(fast.issues, general.issues, obj="issues, fast vs general path")
+    pd.testing.assert_frame_equal(fast.values, general.values, obj="values, fast vs general path")
+    assert np.array_equal(fast.eligible, general.eligible), "eligibility, fast vs general path"
+
+
+def test_fast_path_takes_clean_canonical_columns_and_changes_nothing() -> None:
+    frame = pd.DataFrame(
+        {
+            "age": [50.0, 60.0, 70.0],
+            "sex": pd.Categorical(["male", "female", None]),
+            "haemoglobin": [135.0, np.nan, 90.0],  # g/L, the canonical unit
+            "crp": [1.0, 250.0, np.nan],
+            "sodium": [np.nan, np.nan, np.nan],
+        }
+    )
+    for code in ("haemoglobin", "crp", "sodium"):
+        taken = _canonical_column(CATALOGUE[code], frame[code], CATALOGUE[code].unit)
+        assert taken is not None, f"{code}: a clean canonical column takes the fast path"
+    _assert_same_validation(frame, eligibility=REQUIRE_FBC)
+
+
+@pytest.mark.parametrize(
+    ("value", "units", "code"),
+    [
+        (9.8, None, "out_of_limits"),  # Hb 9.8 g/L: implausible
+        (math.inf, None, "not_a_number"),
+        (-math.inf, None, "not_a_number"),
+        (13.5, {"haemoglobin": "g/dL"}, "unit_converted"),  # declared, not canonical
+        (135.0, {"haemoglobin": "furlongs"}, "unknown_unit"),
+        (135.0, {"haemoglobin": "G/L"}, None),  # a canonical spelling: fast path, no issue
+    ],
+)
+def test_fast_path_falls_back_to_the_general_path_with_the_same_issues(
+    value: float, units: dict[str, str] | None, code: str | None
+) -> None:
+    frame = pd.DataFrame({"age": [50.0, 60.0], "sex": ["m", "f"], "haemoglobin": [140.0, value]})
+    analyte = CATALOGUE["haemoglobin"]
+    declared = (units or {}).get("haemoglobin", analyte.unit)
+    taken = _canonical_column(analyte, frame["haemoglobin"], declared)
+    assert (taken is None) == (code is not None), "only a column with nothing to report is fast"
+    result = validate_frame(frame, units=units)
+    if code is not None:
+        assert code in set(result.issues["code"]), f"{code} is still raised"
+    _assert_same_validation(frame, units=units)
+
+
+def test_categorical_unit_column_groups_like_text() -> None:
+    units = ["g/dL", None, " ", "g/L", "mg/L", "g/dL"]
+    frame = pd.DataFrame(
+        {"age": [60.0] * 6, "sex": ["f"] * 6, "haemoglobin": [13.5, 140, 140, 9.8, 140, np.nan]}
+    )
+    text = frame.assign(haemoglobin_unit=pd.Series(units, dtype=object))
+    categorical = frame.assign(haemoglobin_unit=pd.Categorical(units))
+    a, b = validate_frame(text), validate_frame(categorical)
+    pd.testing.assert_frame_equal(a.issues, b.issues, obj="issues, text vs categorical units")
+    pd.testing.assert_frame_equal(a.values, b.values, obj="values, text vs categorical units")
+    assert set(a.issues["code"]) >= {"unit_converted", "unit_assumed", "unknown_unit"}
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pd.Series(pd.Categorical(["male", None, "female"])),
+        pd.Series(["male", None, "x"], dtype=object),
+        pd.Series(pd.Categorical([1, None, 2])),  # numbers: converted row by row
+    ],
+)
+def test_as_objects_equals_to_numpy_object(column: pd.Series) -> None:
+    got, expected = as_objects(column), column.to_numpy(dtype=object)
+    assert [repr(v) for v in got] == [repr(v) for v in expected], "element for element"
 
 
 def test_frame_and_record_agree_on_a_mixed_example() -> None:
