@@ -1,7 +1,7 @@
 """Derived features: pure functions of canonical analyte values (no I/O, no fitted state).
 
 Each derived feature is computed from catalogue analytes in their canonical units; a missing input
-gives a missing (NaN) feature, never a guess. `build_feature_frame` assembles exactly the columns a
+gives a missing (NaN) feature, never a guess. `feature_columns` assembles exactly the columns a
 model expects, in its order, from a frame of canonical values.
 """
 
@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 # Payne-type adjustment: adjusted Ca = total Ca + k (40 - albumin), k in mmol/L per g/L.
 CALCIUM_ALBUMIN_COEFFICIENT = 0.02
@@ -82,22 +86,66 @@ DEMOGRAPHICS = ("age", "sex")
 SEX_CODES = {"female": 0.0, "male": 1.0}
 
 
+def _take(column: FloatArray, rows: IntArray | None) -> FloatArray:
+    return column if rows is None else column[rows]
+
+
+def _analyte(values: pd.DataFrame, code: str, rows: IntArray | None) -> FloatArray:
+    """One canonical column as float64 (NaN when the frame lacks it), at `rows`."""
+    if code not in values:
+        return np.full(len(values) if rows is None else len(rows), np.nan)
+    return _take(values[code].to_numpy(np.float64), rows)
+
+
 def compute_derived(values: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     """The named derived features from a frame of canonical values (NaN where inputs are)."""
+    return pd.DataFrame(_derived_columns(values, names, None), index=values.index)
+
+
+def _derived_columns(
+    values: pd.DataFrame, names: Sequence[str], rows: IntArray | None
+) -> dict[str, FloatArray]:
     out = {}
     for name in names:
         feature = DERIVED[name]
-        inputs = {
-            c: values[c] if c in values else pd.Series(np.nan, index=values.index)
-            for c in feature.inputs
-        }
+        inputs = {c: _analyte(values, c, rows) for c in feature.inputs}
         out[name] = np.asarray(feature.compute(inputs), dtype=np.float64)
-    return pd.DataFrame(out, index=values.index)
+    return out
 
 
-def encode_sex(sex: pd.Series) -> np.ndarray:
+def map_codes(column: pd.Series, codes: Mapping[Any, float]) -> FloatArray:
+    """`column.map(codes)` as float64 (NaN for anything not in `codes`), looking up each distinct
+    value once (a categorical's categories, or the distinct values found by hashing) instead of
+    every row."""
+    positions, uniques = pd.factorize(column)
+    lookup = np.array([*(codes.get(u, np.nan) for u in uniques), np.nan], dtype=np.float64)
+    mapped: FloatArray = lookup[positions]  # -1 (missing) picks the last, NaN
+    return mapped
+
+
+def encode_sex(sex: pd.Series) -> FloatArray:
     """female -> 0, male -> 1, anything else -> NaN."""
-    return sex.map(SEX_CODES).to_numpy(dtype=np.float64)
+    return map_codes(sex, SEX_CODES)
+
+
+def feature_columns(
+    values: pd.DataFrame,
+    analytes: Sequence[str],
+    derived: Sequence[str] = (),
+    demographics: Sequence[str] = DEMOGRAPHICS,
+    rows: IntArray | None = None,
+) -> dict[str, FloatArray]:
+    """Model input columns, all float64, in the order analytes + derived + demographics, for the
+    rows at positions `rows` of `values` (every row when None)."""
+    columns = {code: _analyte(values, code, rows) for code in analytes}
+    columns |= _derived_columns(values, derived, rows)
+    for name in demographics:
+        if name == "sex":
+            columns["sex"] = _take(encode_sex(values["sex"]), rows)
+        else:
+            age = pd.to_numeric(values[name], errors="coerce").to_numpy(np.float64)
+            columns[name] = _take(age, rows)
+    return columns
 
 
 def build_feature_frame(
@@ -107,17 +155,14 @@ def build_feature_frame(
     demographics: Sequence[str] = DEMOGRAPHICS,
 ) -> pd.DataFrame:
     """Model input columns, all float64, in the order analytes + derived + demographics."""
-    columns: dict[str, np.ndarray] = {}
-    for code in analytes:
-        columns[code] = (
-            values[code].to_numpy(np.float64) if code in values else np.full(len(values), np.nan)
-        )
-    derived_frame = compute_derived(values, derived)
-    for name in derived:
-        columns[name] = derived_frame[name].to_numpy(np.float64)
-    for name in demographics:
-        if name == "sex":
-            columns["sex"] = encode_sex(values["sex"])
-        else:
-            columns[name] = pd.to_numeric(values[name], errors="coerce").to_numpy(np.float64)
+    columns = feature_columns(values, analytes, derived, demographics)
     return pd.DataFrame(columns, index=values.index)
+
+
+def stack_columns(columns: Mapping[str, FloatArray], n_rows: int) -> FloatArray:
+    """Columns as one C-contiguous (rows, columns) float64 matrix: the layout LightGBM reads
+    without copying it (a DataFrame's `to_numpy` is column-major and gets copied)."""
+    matrix = np.empty((n_rows, len(columns)), dtype=np.float64)
+    for j, column in enumerate(columns.values()):
+        matrix[:, j] = column
+    return matrix

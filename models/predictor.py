@@ -24,7 +24,7 @@ import pandas as pd
 
 from models.calibration import LogitCalibration
 from models.explain import Driver, calibrated_contributions, group_by_panel, top_drivers
-from models.features import DERIVED, SEX_CODES, build_feature_frame
+from models.features import DERIVED, SEX_CODES, feature_columns, map_codes, stack_columns
 from models.spec import PATHWAYS, ModelSpec
 from models.triage import Band, Thresholds, assign_band, assign_bands, recommend
 from models.validation import Issue, RecordValidation, validate_record
@@ -63,13 +63,22 @@ class Score:
     validation: RecordValidation | None = None
 
 
+def spec_feature_columns(
+    spec: ModelSpec, values: pd.DataFrame, rows: npt.NDArray[np.int64] | None = None
+) -> dict[str, FloatArray]:
+    """A spec's model inputs (float64, in order) from a frame of canonical values, for the rows
+    at positions `rows` (every row when None)."""
+    f = spec.features
+    columns = feature_columns(values, f.analytes, f.derived, f.demographics, rows)
+    if "pathway" in f.context:
+        pathway = map_codes(values["pathway"], PATHWAY_CODES)
+        columns["pathway"] = pathway if rows is None else pathway[rows]
+    return columns
+
+
 def spec_feature_frame(spec: ModelSpec, values: pd.DataFrame) -> pd.DataFrame:
     """A spec's model inputs (float64, in order) from a frame of canonical values."""
-    f = spec.features
-    frame = build_feature_frame(values, f.analytes, f.derived, f.demographics)
-    if "pathway" in f.context:
-        frame["pathway"] = values["pathway"].map(PATHWAY_CODES).to_numpy(np.float64)
-    return frame
+    return pd.DataFrame(spec_feature_columns(spec, values), index=values.index)
 
 
 def file_sha256(path: Path) -> str:
@@ -121,6 +130,14 @@ class TriagePredictor:
         """Model inputs (float64, in the model's order) from a frame of canonical values."""
         return spec_feature_frame(self.spec, values)
 
+    def feature_matrix(
+        self, values: pd.DataFrame, rows: npt.NDArray[np.int64] | None = None
+    ) -> FloatArray:
+        """The model inputs of `feature_frame` for the rows at positions `rows` (every row when
+        None) as one C-contiguous matrix, which the booster reads without a copy."""
+        n_rows = len(values) if rows is None else len(rows)
+        return stack_columns(spec_feature_columns(self.spec, values, rows), n_rows)
+
     def feature_row(
         self, values: Mapping[str, float], age: float | None, sex: str | None, pathway: str | None
     ) -> FloatArray:
@@ -169,10 +186,14 @@ class TriagePredictor:
 
     def explain(self, values: pd.DataFrame) -> tuple[FloatArray, pd.DataFrame]:
         """Base and per-feature contributions in calibrated log-odds for each row."""
-        x = self.feature_frame(values).to_numpy(np.float64)
-        raw = self._booster_predict(x, pred_contrib=True)
-        base, contributions = calibrated_contributions(raw, self.calibration)
+        base, contributions = self.explain_matrix(self.feature_matrix(values))
         return base, pd.DataFrame(contributions, columns=self.feature_names, index=values.index)
+
+    def explain_matrix(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Base and per-feature contributions in calibrated log-odds for rows of model inputs
+        (`feature_matrix`)."""
+        raw = self._booster_predict(x, pred_contrib=True)
+        return calibrated_contributions(raw, self.calibration)
 
     def score(
         self, record: Mapping[str, Any], *, pathway: str | None = None, explain: bool = True

@@ -69,14 +69,22 @@ def assign_band(probability: float, thresholds: Thresholds) -> Band:
     return "amber"
 
 
+def band_codes(
+    probability: npt.NDArray[np.float64], thresholds: Thresholds
+) -> npt.NDArray[np.int8]:
+    """The band of each probability as its position in BANDS (vectorised twin of `assign_band`)."""
+    codes = np.full(probability.shape, BANDS.index("amber"), dtype=np.int8)
+    if thresholds.rule_out is not None:
+        codes[probability < thresholds.rule_out] = BANDS.index("green")
+    if thresholds.rule_in is not None:
+        codes[probability >= thresholds.rule_in] = BANDS.index("red")
+    return codes
+
+
 def assign_bands(probability: npt.NDArray[np.float64], thresholds: Thresholds) -> npt.NDArray[Any]:
     """The band of each probability (vectorised twin of `assign_band`)."""
-    bands = np.full(probability.shape, "amber", dtype=object)
-    if thresholds.rule_out is not None:
-        bands[probability < thresholds.rule_out] = "green"
-    if thresholds.rule_in is not None:
-        bands[probability >= thresholds.rule_in] = "red"
-    return bands
+    names: npt.NDArray[Any] = np.array(BANDS, dtype=object)[band_codes(probability, thresholds)]
+    return names
 
 
 def recommend(band: Band, cohort_kind: str) -> str:

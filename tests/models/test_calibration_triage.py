@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.calibration import LogitCalibration, expit, logit, prevalence_shift
-from models.triage import Thresholds, assign_band, assign_bands, recommend
+from models.triage import BANDS, Thresholds, assign_band, assign_bands, band_codes, recommend
 
 
 def test_prevalence_shift_hand_computed() -> None:
@@ -36,6 +36,8 @@ def test_bands_hand_made() -> None:
     probabilities = np.array([0.0, 0.0199, 0.02, 0.1999, 0.2, 0.9])
     expected = ["green", "green", "amber", "amber", "red", "red"]
     assert list(assign_bands(probabilities, thresholds)) == expected
+    codes = band_codes(probabilities, thresholds)
+    assert [BANDS[c] for c in codes] == expected, "codes are positions in BANDS"
     assert [assign_band(float(p), thresholds) for p in probabilities] == expected
 
 

@@ -6,7 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.features import build_feature_frame, compute_derived
+from models.features import (
+    SEX_CODES,
+    build_feature_frame,
+    compute_derived,
+    feature_columns,
+    map_codes,
+    stack_columns,
+)
 
 FRAME = pd.DataFrame(
     {
@@ -45,3 +52,26 @@ def test_feature_frame_order_and_encoding() -> None:
     assert out["ferritin"].isna().all(), "an analyte absent from the cohort is all-missing"
     assert out["sex"].tolist()[:2] == [0.0, 1.0] and math.isnan(out["sex"][2])
     assert (out.dtypes == "float64").all()
+
+
+def test_feature_columns_of_chosen_rows_equal_the_frame_rows() -> None:
+    names = (["platelets", "ferritin"], ["nlr", "ag_ratio"], ["age", "sex"])
+    frame = build_feature_frame(FRAME, *names)
+    rows = np.array([2, 0], dtype=np.int64)
+    columns = feature_columns(FRAME, *names, rows=rows)
+    matrix = stack_columns(columns, len(rows))
+    assert matrix.flags["C_CONTIGUOUS"], "row-major, as the booster reads it without a copy"
+    expected = frame.to_numpy(np.float64)[rows]
+    assert np.array_equal(matrix, expected, equal_nan=True), "the same inputs, bit for bit"
+
+
+@pytest.mark.parametrize(
+    "sex",
+    [
+        pd.Series(["female", "male", "unknown", None, "male"], dtype=object),
+        pd.Series(pd.Categorical(["female", "male", "unknown", None, "male"])),
+    ],
+)
+def test_map_codes_equals_series_map(sex: pd.Series) -> None:
+    expected = sex.map(SEX_CODES).to_numpy(np.float64)
+    assert np.array_equal(map_codes(sex, SEX_CODES), expected, equal_nan=True), "as Series.map"
