@@ -17,8 +17,9 @@ and how good it would have been.
   is `outside_population:pathway` (training's population). The exclusion summary counts
   ineligible rows by code.
 - **The API's numbers.** Rows go through `validate_frame` with the model's catalogue, eligibility
-  and column map, then `TriagePredictor.probability` / `explain` and `assign_bands`: the vectorised
-  twins of `TriagePredictor.score`, the per-request path of the HTTP API (tested equal exactly).
+  and column map, then `TriagePredictor.probability` / `explain_matrix` and `band_codes`: the
+  vectorised twins of `TriagePredictor.score`, the per-request path of the HTTP API (tested
+  equal exactly).
 - **Scale.** A wide Parquet cohort is streamed in chunks (`ParquetFile.iter_batches`) and the
   scores are written chunk by chunk (`ParquetWriter`), so memory stays flat whatever the size;
   what is kept across chunks is small (bin counts for drift, tallies) plus, for the evaluation,
@@ -51,9 +52,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from models.predictor import META_FILE, MODEL_WARNINGS, TriagePredictor
+from models.features import stack_columns
+from models.predictor import META_FILE, MODEL_WARNINGS, TriagePredictor, spec_feature_columns
 from models.spec import PATHWAYS, ModelSpec
-from models.triage import BANDS, assign_bands
+from models.triage import BANDS, band_codes
 from models.validation import ISSUE_CODES, FrameValidation, validate_frame
 from training import drift
 from training.cohort import CohortError, map_columns
@@ -89,6 +91,7 @@ GREEN_CANCERS_FILE = "green_cancers.parquet"
 SEXES = ("female", "male")
 SUBGROUP_TEXT = ("deprivation", "ethnicity", "lab", "pathway", "cancer_site")
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_statistics": True}
+BAND_TYPE = pd.CategoricalDtype(list(BANDS))
 
 
 # --- options and the pinned model -----------------------------------------------------------------
@@ -271,7 +274,7 @@ class ScoredChunk:
     features: pd.DataFrame  # model inputs of the eligible rows
     eligible: npt.NDArray[np.bool_]
     probability: FloatArray  # NaN where ineligible
-    band: npt.NDArray[np.object_]  # None where ineligible
+    band: pd.Categorical[Any]  # of BANDS; missing where ineligible
     exclusions: Counter[str]  # ineligible rows by error code
     warnings: Counter[str]  # rows by warning code
     timings: dict[str, float] = field(default_factory=dict)
@@ -353,24 +356,28 @@ def _label_lists(
 
 
 def _model_warnings(
-    predictor: TriagePredictor, values: pd.DataFrame, rows: npt.NDArray[np.int64]
+    predictor: TriagePredictor, values: pd.DataFrame, eligible: npt.NDArray[np.bool_]
 ) -> list[tuple[npt.NDArray[np.int64], str]]:
     """The warnings `TriagePredictor.score` adds for eligible rows: analytes missing, and values
-    beyond the 0.5-99.5th training percentiles (vectorised twin of `_model_warnings`)."""
-    n = len(rows)
+    beyond the 0.5-99.5th training percentiles (vectorised twin of `_model_warnings`). Whole
+    columns are compared, then the eligible rows kept: cheaper than picking rows per column."""
+    n = len(values)
     missing = np.zeros(n, dtype=bool)
     for code in predictor.spec.features.analytes:
         if code not in values:
             missing[:] = True
             break
-        missing |= np.isnan(values[code].to_numpy(np.float64)[rows])
+        missing |= np.isnan(values[code].to_numpy(np.float64))
     outside = np.zeros(n, dtype=bool)
     for code, stats in predictor.reference.get("features", {}).items():
         if code in predictor.catalogue and code in values:
-            v = values[code].to_numpy(np.float64)[rows]
+            v = values[code].to_numpy(np.float64)
             with np.errstate(invalid="ignore"):
                 outside |= (v < stats["low"]) | (v > stats["high"])
-    return [(rows[missing], "analyte_missing"), (rows[outside], "outside_training_range")]
+    return [
+        (np.flatnonzero(missing & eligible), "analyte_missing"),
+        (np.flatnonzero(outside & eligible), "outside_training_range"),
+    ]
 
 
 def pathway_reasons(
@@ -423,7 +430,7 @@ def issue_lists(
     predictor: TriagePredictor,
     issues: pd.DataFrame,
     values: pd.DataFrame,
-    rows: npt.NDArray[np.int64],
+    eligible: npt.NDArray[np.bool_],
     refused: tuple[npt.NDArray[np.int64], npt.NDArray[np.object_]],
 ) -> tuple[pa.Array, pa.Array, Counter[str], Counter[str]]:
     """Per row: warning codes (the validation's, then the model's for scored rows) and reasons
@@ -441,7 +448,7 @@ def issue_lists(
     )
     codes = pd.Categorical(issues["code"][~errors], categories=list(WARNING_CODES)).codes
     parts = [(positions[~errors], codes.astype(np.int64))]
-    for found, code in _model_warnings(predictor, values, rows):
+    for found, code in _model_warnings(predictor, values, eligible):
         parts.append((found, np.full(len(found), WARNING_CODES.index(code), dtype=np.int64)))
     warnings, warning_counts = _code_lists(
         np.concatenate([r for r, _ in parts]), np.concatenate([c for _, c in parts]), n
@@ -462,8 +469,9 @@ def score_chunk(
 
     `frame` has the cohort's columns (analytes by catalogue code or by the spec's column map,
     optional `{code}_unit` columns, age, sex, pathway, ids, index date). Probabilities come from
-    `TriagePredictor.probability` on `feature_frame` and bands from `assign_bands`: exactly what
-    `TriagePredictor.predict` computes, and what `score` computes per record.
+    `TriagePredictor.probability` on the eligible rows' `spec_feature_columns` (the columns of
+    `feature_frame`), stacked row-major for the booster, and bands from `band_codes`: exactly
+    what `TriagePredictor.predict` computes, and what `score` computes per record.
     """
     spec, n = predictor.spec, len(frame)
     timings: dict[str, float] = {}
@@ -473,16 +481,19 @@ def score_chunk(
         eligible[refused_rows] = False
         rows = np.flatnonzero(eligible).astype(np.int64)
     with _timed(timings, "predict"):
-        eligible_values = checked.values.iloc[rows]
-        features = predictor.feature_frame(eligible_values)
+        inputs = spec_feature_columns(spec, checked.values, rows)
+        x = stack_columns(inputs, len(rows))  # row-major, as LightGBM reads it
         probability = np.full(n, np.nan)
-        x = np.ascontiguousarray(features.to_numpy(np.float64))  # LightGBM wants row-major
         probability[rows] = predictor.probability(x)
-        band = np.full(n, None, dtype=object)
-        band[rows] = assign_bands(probability[rows], predictor.thresholds)
+        codes = np.full(n, -1, dtype=np.int8)
+        codes[rows] = band_codes(probability[rows], predictor.thresholds)
+        band = pd.Categorical.from_codes(codes, dtype=BAND_TYPE)
+    # One array per column (no copy): the drift counts read columns, which a view of the
+    # row-major matrix would give them strided.
+    features = pd.DataFrame(inputs, index=checked.values.index[rows], copy=False)
     with _timed(timings, "assemble"):
         warnings, reasons, warning_counts, exclusions = issue_lists(
-            predictor, checked.issues, checked.values, rows, (refused_rows, refused_labels)
+            predictor, checked.issues, checked.values, eligible, (refused_rows, refused_labels)
         )
         if keys is None:
             keys = {k: key_type(frame[k].dtype) for k in KEY_COLUMNS if k in frame}
@@ -493,13 +504,13 @@ def score_chunk(
             "version": _text_array(np.zeros(n, dtype=np.int8), [version]),
             "status": _text_array(eligible.astype(np.int8), [INELIGIBLE, SCORED]),
             "probability": pa.array(probability, pa.float64(), mask=~eligible),
-            "band": _text_array(few_categories(band, BANDS).codes, BANDS),
+            "band": _text_array(codes, BANDS),
             "warnings": warnings,
             "reasons": reasons,
         }
     if explain:
         with _timed(timings, "explain"):
-            columns |= _explanation_columns(predictor, eligible_values, rows, n, eligible)
+            columns |= _explanation_columns(predictor, x, rows, n, eligible)
     schema = scores_schema(predictor, explain=explain, keys=keys)
     return ScoredChunk(
         table=pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema),
@@ -541,18 +552,18 @@ def _date_array(column: pd.Series) -> pa.Array:
 
 def _explanation_columns(
     predictor: TriagePredictor,
-    eligible_values: pd.DataFrame,
+    x: FloatArray,
     rows: npt.NDArray[np.int64],
     n: int,
     eligible: npt.NDArray[np.bool_],
 ) -> dict[str, pa.Array]:
-    """`base` and `contrib__{feature}` (calibrated log-odds), null where not scored."""
-    base, contributions = predictor.explain(eligible_values)
+    """`base` and `contrib__{feature}` (calibrated log-odds), null where not scored; `x` holds
+    the model inputs of the eligible rows (`feature_matrix`)."""
+    base, matrix = predictor.explain_matrix(x)
     out: dict[str, pa.Array] = {}
     full = np.full(n, np.nan)
     full[rows] = base
     out["base"] = pa.array(full, pa.float64(), mask=~eligible)
-    matrix = contributions.to_numpy(np.float64)
     for j, name in enumerate(predictor.feature_names):
         full = np.full(n, np.nan)
         full[rows] = matrix[:, j]
@@ -585,7 +596,7 @@ def evaluation_columns(frame: pd.DataFrame, scored: ScoredChunk, spec: ModelSpec
     n = len(frame)
     out = pd.DataFrame(
         {
-            "period": pd.Categorical(drift.period_labels(frame[date_column])),
+            "period": drift.period_categories(frame[date_column]),
             outcome: pd.to_numeric(frame[outcome], errors="coerce").to_numpy(np.float32)
             if outcome in frame
             else np.full(n, np.nan, dtype=np.float32),
@@ -638,7 +649,7 @@ def evaluation_rows(
             .dt.normalize()
             .to_numpy(),
             "probability": scored.probability[rows],
-            "band": few_categories(scored.band[rows], BANDS),
+            "band": scored.band[rows],
         }
     )
     if "referral_id" in frame:
@@ -650,14 +661,14 @@ def evaluation_rows(
 def tally_rows(
     period: npt.NDArray[np.object_],
     eligible: npt.NDArray[np.bool_],
-    band: npt.NDArray[np.object_],
+    band: pd.Categorical[Any],
     outcome: FloatArray,
 ) -> pd.DataFrame:
     """Row counts by period, status, band (`none` when ineligible) and outcome (-1: unknown)."""
     period_codes, periods = pd.factorize(period)
-    band_codes = few_categories(band, BANDS).codes.astype(np.int64) + 1
+    band_position = band.codes.astype(np.int64) + 1
     outcome_codes = np.where(np.isnan(outcome), -1, outcome).astype(np.int64) + 1
-    key = ((period_codes * 2 + eligible) * 4 + band_codes) * 3 + outcome_codes
+    key = ((period_codes * 2 + eligible) * 4 + band_position) * 3 + outcome_codes
     counts = np.bincount(key, minlength=len(periods) * 24)
     found = np.flatnonzero(counts)
     rest, outcome_found = np.divmod(found, 3)

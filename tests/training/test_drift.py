@@ -28,6 +28,26 @@ def test_period_labels_are_years_and_unknown_for_missing_dates() -> None:
     assert list(drift.period_labels(dates)) == ["2016", "2017", "unknown"], "year, or unknown"
 
 
+@pytest.mark.parametrize("with_missing", [False, True])
+def test_period_categories_equal_a_categorical_of_the_labels(with_missing: bool) -> None:
+    dates = pd.Series(pd.to_datetime(["2019-03-01", "2011-01-01", None, "2019-12-31"]))
+    dates = dates if with_missing else dates.dropna()
+    expected = pd.Categorical(drift.period_labels(dates))
+    got = drift.period_categories(dates)
+    pd.testing.assert_extension_array_equal(got, expected)
+
+
+def test_segments_number_the_pairs_found_in_order() -> None:
+    period = np.array(["2018", "2017", "2018", "2017", "2019"], dtype=object)
+    lab = np.array(["b", "a", "b", "b", "a"], dtype=object)
+    segment, uniques = drift.segments(period, lab)
+    assert [uniques[s] for s in segment] == list(zip(period, lab, strict=True)), "each row's pair"
+    assert len(uniques) == 4, "one segment per distinct pair found"
+    missing = np.array(["2018", None, "2018", "2017", "2019"], dtype=object)
+    segment, uniques = drift.segments(missing, lab)  # a missing period: the np.unique path
+    assert len(uniques) == 4 and segment[0] == segment[2], "pairs still numbered consistently"
+
+
 def test_bin_counts_follow_the_reference_bins_per_segment() -> None:
     features = pd.DataFrame({"x": [5.0, 10.0, 19.9, 20.0, np.nan, 25.0], "y": [1.0] * 6})
     counts = drift.bin_counts(
