@@ -159,10 +159,25 @@ def build_feature_frame(
     return pd.DataFrame(columns, index=values.index)
 
 
-def stack_columns(columns: Mapping[str, FloatArray], n_rows: int) -> FloatArray:
-    """Columns as one C-contiguous (rows, columns) float64 matrix: the layout LightGBM reads
-    without copying it (a DataFrame's `to_numpy` is column-major and gets copied)."""
-    matrix = np.empty((n_rows, len(columns)), dtype=np.float64)
-    for j, column in enumerate(columns.values()):
-        matrix[:, j] = column
+STACK_BLOCK_ROWS = 2048  # x ~40 features x 8 bytes: a block of the matrix that stays in cache
+
+
+def stack_columns(
+    columns: Mapping[str, FloatArray], n_rows: int, scratch: FloatArray | None = None
+) -> FloatArray:
+    """Columns as one C-contiguous (rows, columns) float64 matrix: the booster reads it as it
+    is, and a little faster than column-major. Filled by blocks of rows, since writing whole
+    columns one after the other would sweep the whole matrix (tens of MB) once per column.
+
+    `scratch`, a flat float64 array, is filled instead of a new allocation when it is large
+    enough; the matrix is then a view of it, valid until `scratch` is filled again."""
+    size = len(columns) * n_rows
+    fits = scratch is not None and len(scratch) >= size
+    flat = scratch[:size] if scratch is not None and fits else np.empty(size, dtype=np.float64)
+    matrix = flat.reshape(n_rows, len(columns))
+    values = list(columns.values())
+    for start in range(0, n_rows, STACK_BLOCK_ROWS):
+        block = matrix[start : start + STACK_BLOCK_ROWS]
+        for j, column in enumerate(values):
+            block[:, j] = column[start : start + STACK_BLOCK_ROWS]
     return matrix

@@ -464,14 +464,17 @@ def score_chunk(
     explain: bool = False,
     keys: Mapping[str, pa.DataType] | None = None,
     version: str = "",
+    scratch: FloatArray | None = None,
 ) -> ScoredChunk:
     """Validate, score and (optionally) explain one wide chunk; ineligible rows are kept.
 
     `frame` has the cohort's columns (analytes by catalogue code or by the spec's column map,
     optional `{code}_unit` columns, age, sex, pathway, ids, index date). Probabilities come from
     `TriagePredictor.probability` on the eligible rows' `spec_feature_columns` (the columns of
-    `feature_frame`), stacked row-major for the booster, and bands from `band_codes`: exactly
-    what `TriagePredictor.predict` computes, and what `score` computes per record.
+    `feature_frame`), stacked for the booster, and bands from `band_codes`: exactly what
+    `TriagePredictor.predict` computes, and what `score` computes per record. `scratch` (see
+    `stack_columns`) holds the stacked inputs during the call, so that a pass over many chunks
+    fills one buffer instead of faulting in a new one of tens of MB per chunk.
     """
     spec, n = predictor.spec, len(frame)
     timings: dict[str, float] = {}
@@ -482,14 +485,13 @@ def score_chunk(
         rows = np.flatnonzero(eligible).astype(np.int64)
     with _timed(timings, "predict"):
         inputs = spec_feature_columns(spec, checked.values, rows)
-        x = stack_columns(inputs, len(rows))  # row-major, as LightGBM reads it
+        x = stack_columns(inputs, len(rows), scratch)
         probability = np.full(n, np.nan)
         probability[rows] = predictor.probability(x)
         codes = np.full(n, -1, dtype=np.int8)
         codes[rows] = band_codes(probability[rows], predictor.thresholds)
         band = pd.Categorical.from_codes(codes, dtype=BAND_TYPE)
-    # One array per column (no copy): the drift counts read columns, which a view of the
-    # row-major matrix would give them strided.
+    # The columns themselves (no copy), not views of `x`, which the next chunk overwrites.
     features = pd.DataFrame(inputs, index=checked.values.index[rows], copy=False)
     with _timed(timings, "assemble"):
         warnings, reasons, warning_counts, exclusions = issue_lists(
@@ -837,6 +839,8 @@ def replay_local(
     options.out.mkdir(parents=True, exist_ok=True)
     seed = _seed(models, options)
     accumulators = [_Accumulator(m, cohort.n_rows(), seed) for m in models]
+    width = max(len(m.predictor.feature_names) for m in models)
+    scratch = np.empty(width * options.chunk_rows, dtype=np.float64)  # pages touched on use
     read_seconds, done = 0.0, 0
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as background:
         writers = [_ScoreWriter(path, background) for path in scores_path(options.out, models)]
@@ -848,7 +852,7 @@ def replay_local(
                 read_seconds += time.perf_counter() - started
                 scored = [
                     score_chunk(m.predictor, frame, explain=options.explain,
-                                version=m.pinned.version)
+                                version=m.pinned.version, scratch=scratch)
                     for m in models
                 ]  # fmt: skip
                 # Read the next chunk and write this one while the summaries are computed (all

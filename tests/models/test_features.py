@@ -63,6 +63,12 @@ def test_feature_columns_of_chosen_rows_equal_the_frame_rows() -> None:
     assert matrix.flags["C_CONTIGUOUS"], "row-major, as the booster reads it without a copy"
     expected = frame.to_numpy(np.float64)[rows]
     assert np.array_equal(matrix, expected, equal_nan=True), "the same inputs, bit for bit"
+    scratch = np.full(100, -1.0)
+    reused = stack_columns(columns, len(rows), scratch)
+    assert np.shares_memory(reused, scratch), "a large enough scratch buffer is filled"
+    assert np.array_equal(reused, expected, equal_nan=True), "with the same inputs"
+    small = stack_columns(columns, len(rows), np.empty(3))
+    assert np.array_equal(small, expected, equal_nan=True), "too small: a new matrix"
 
 
 @pytest.mark.parametrize(
