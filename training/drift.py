@@ -144,10 +144,13 @@ def bin_counts(
         stats[SCORE] = reference["score"]
     found: list[tuple[int, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]]
     found = []
+    offsets: dict[int, npt.NDArray[np.int64]] = {}  # segment * width, once per width
     for i, (name, values) in enumerate(columns.items()):
         width = len(stats[name]["edges"]) + 2
+        if width not in offsets:
+            offsets[width] = segment * width
         flat = np.bincount(
-            segment * width + _bins(values, stats[name]["edges"]), minlength=len(uniques) * width
+            offsets[width] + _bins(values, stats[name]["edges"]), minlength=len(uniques) * width
         ).reshape(len(uniques), width)
         seg, bin_ = np.nonzero(flat)
         found.append((i, seg, bin_, flat[seg, bin_]))
