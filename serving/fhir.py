@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.observation import Observation
@@ -21,8 +21,10 @@ from fhir.resources.R4B.riskassessment import RiskAssessment
 from pydantic import ValidationError
 
 from models.analytes import Catalogue
-from models.predictor import Score
 from models.validation import Issue
+
+if TYPE_CHECKING:
+    from models.predictor import Score
 
 LOINC = "http://loinc.org"
 BAND_SYSTEM = "urn:cancer-triage:band"

@@ -190,20 +190,27 @@ async def saturate(port: int, request: bytes, clients: int, seconds: float) -> t
     done = errors = 0
     deadline = time.monotonic() + seconds
 
-    async def client() -> None:
+    async def client(previous: asyncio.Event | None, started: asyncio.Event) -> None:
         nonlocal done, errors
+        if previous is not None:
+            await previous.wait()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             while time.monotonic() < deadline and done < MAX_REQUESTS:
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
                 await reader.readexactly(_content_length(head))
+                started.set()
                 done += 1
                 errors += head.split(b" ", 2)[1] != b"200"
         finally:
+            started.set()
             writer.close()
 
-    await asyncio.gather(*(client() for _ in range(clients)))
+    # Clients join one after another (each once the previous one has its first answer), as
+    # independent callers would, not as one burst that a single worker's accept loop takes whole.
+    events = [asyncio.Event() for _ in range(clients)]
+    await asyncio.gather(*(client(events[i - 1] if i else None, events[i]) for i in range(clients)))
     return done, errors
 
 

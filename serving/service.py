@@ -14,7 +14,7 @@ import logging
 import uuid
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import bentoml
 import prometheus_client
@@ -23,14 +23,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from models.predictor import Score
 from models.spec import PATHWAYS
 from models.validation import Issue
 from serving.audit import AuditRecord, AuditStore, pseudonymise
 from serving.config import ServingConfig
 from serving.fhir import FhirError, operation_outcome, parse_bundle, risk_assessment
 from serving.middleware import ApiKeyAuth, BodySizeLimit, RateLimit, current_config
-from serving.release import BUNDLE_NAME, Served, load_release
 from serving.schemas import (
     BatchItem,
     BatchRequest,
@@ -45,6 +43,10 @@ from serving.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
+
+if TYPE_CHECKING:  # LightGBM (and, through it, scikit-learn) loads in the workers only
+    from models.predictor import Score
+    from serving.release import Served
 
 logger = logging.getLogger("triage.service")
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -174,6 +176,8 @@ class TriageService:
         self.audit = AuditStore(self.config.audit_url)
         self.served: dict[str, Served] = {}
         self.not_ready_reason: str | None = None
+        from serving.release import BUNDLE_NAME, load_release
+
         try:
             # Resolved here, not as a class-level BentoModel, so that a store without a release
             # still starts (and stays not ready, saying why); bentofile.yaml packs the bundle.
