@@ -24,26 +24,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from models.spec import load_spec
 from serving.examples import EXAMPLE_PATIENT
-from serving.reliability import RawHttp, Server, free_port, http_request, saturate
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], path: str, timeout: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(url + path, timeout=1).status_code == 200:
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(url)
+from serving.reliability import (
+    RawHttp,
+    Server,
+    free_port,
+    http_request,
+    saturate,
+    wait_until_ok,
+)
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -132,6 +124,7 @@ def main() -> None:
               f"{done / args.seconds:.0f} requests/s, {errors} errors")  # fmt: skip
 
         port = free_port()
+        started = time.monotonic()  # as for ours: from the launch
         mlflow_server = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/lower_gi@champion",
              "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
@@ -139,7 +132,7 @@ def main() -> None:
         )  # fmt: skip
         try:
             base = f"http://127.0.0.1:{port}"
-            ready = wait_ready(base, mlflow_server, "/ping", 180)
+            ready = wait_until_ok(f"{base}/ping", mlflow_server, started, 180, interval=0.05)
             request = http_request("POST", "/invocations", {"dataframe_records": [mlflow_row()]})
             timings = sequential(port, request, args.requests, args.seconds)
             m50, m99 = percentiles(timings)

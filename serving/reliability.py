@@ -42,6 +42,28 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def wait_until_ok(
+    url: str,
+    process: subprocess.Popen[bytes],
+    started: float,
+    timeout: float,
+    interval: float = 0.1,
+) -> float:
+    """Poll `url` until it answers 200; the seconds since `started` (a `time.monotonic()`).
+
+    Raises RuntimeError if `process` exits first and TimeoutError after `timeout` seconds."""
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval)
+    raise TimeoutError(f"{url} not ready in {timeout} s")
+
+
 @dataclass
 class Server:
     """A `bentoml serve` process this module started (and only ends by PID)."""
@@ -78,16 +100,7 @@ class Server:
         )
         if not isinstance(output, int):
             output.close()  # the child holds its own copy of the descriptor
-        while time.monotonic() - started < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}{probe}", timeout=1).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.url} not ready in {timeout} s")
+        return wait_until_ok(f"{self.url}{probe}", self.process, started, timeout)
 
     def pids(self) -> list[int]:
         if self.process is None or self.process.poll() is not None:
