@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.analytes import CATALOGUE
+from models.analytes import CATALOGUE, Analyte
 from models.validation import (
     ISSUE_CODES,
     Eligibility,
@@ -140,19 +140,22 @@ PROPERTY_CODES = [
 ]  # fmt: skip
 
 
+def _values(analyte: Analyte, extras: list[Any]) -> st.SearchStrategy[Any]:
+    """An analyte's value: missing, within its hard limits, well beyond them, or one of `extras`."""
+    low, high = analyte.limits.low or 0.0, analyte.limits.high or 1.0
+    return st.one_of(
+        st.none(),
+        st.floats(min_value=low, max_value=high),
+        st.floats(min_value=-10 * high, max_value=10 * high),
+        st.sampled_from(extras),
+    )
+
+
 @st.composite
 def _cell(draw: st.DrawFn, code: str) -> tuple[Any, Any]:
     analyte = CATALOGUE[code]
     unit = draw(st.sampled_from([None, "", "furlongs", *analyte.units, analyte.unit.upper()]))
-    low, high = analyte.limits.low or 0.0, analyte.limits.high or 1.0
-    value = draw(
-        st.one_of(
-            st.none(),
-            st.floats(min_value=low, max_value=high),
-            st.floats(min_value=-10 * high, max_value=10 * high),
-            st.sampled_from(["abc", math.inf, "12.5", float("nan")]),
-        )
-    )
+    value = draw(_values(analyte, ["abc", math.inf, "12.5", float("nan")]))
     return value, unit
 
 
@@ -252,14 +255,7 @@ def _canonical_records(draw: st.DrawFn) -> list[dict[str, Any]]:
         for code in codes:
             analyte = CATALOGUE[code]
             low, high = analyte.limits.low or 0.0, analyte.limits.high or 1.0
-            value = draw(
-                st.one_of(
-                    st.none(),
-                    st.floats(min_value=low, max_value=high),
-                    st.floats(min_value=-10 * high, max_value=10 * high),
-                    st.sampled_from([math.inf, -math.inf, float("nan"), low, high]),
-                )
-            )
+            value = draw(_values(analyte, [math.inf, -math.inf, float("nan"), low, high]))
             units = [analyte.unit] if canonical[code] else [None, "", "furlongs", *analyte.units]
             analytes[code] = {"value": value, "unit": draw(st.sampled_from(units))}
         age = draw(st.one_of(st.none(), st.floats(-5, 130)))
