@@ -138,7 +138,19 @@ class AuditStore:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
-        METADATA.create_all(self.engine, checkfirst=True)
+        self._create_schema()
+
+    def _create_schema(self) -> None:
+        """Create the tables unless they exist. Every worker opens the store as it starts, so on a
+        new store two can both find no table and both CREATE it; the loser's error is harmless
+        once the winner's tables are there (DDL is transactional in SQLite and PostgreSQL: they
+        are there whole or not at all). Found by the load drill: one worker died at start-up."""
+        try:
+            METADATA.create_all(self.engine, checkfirst=True)
+        except sa.exc.DBAPIError:
+            present = set(sa.inspect(self.engine).get_table_names())
+            if not set(METADATA.tables) <= present:
+                raise
 
     def write(self, records: Sequence[AuditRecord]) -> None:
         """Insert and commit the rows (one transaction); returns only once they are durable."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import uuid
 from pathlib import Path
@@ -78,3 +79,45 @@ def test_service_writes_its_audit_trail_to_postgres(
         statuses.append(client.post("/v1/score", json=bad).status_code)
     assert statuses.count(200) == 5 and statuses[-1] == 422
     assert store.count() - before == 5, "PostgreSQL holds one row per scored request"
+
+
+def _open_store(url: str, barrier: Any) -> None:
+    barrier.wait(timeout=60)
+    AuditStore(url).count()
+
+
+def open_at_once(url: str, processes: int = 4) -> list[int | None]:
+    """Open one new store from several processes released together, as a server's workers do;
+    their exit codes."""
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(processes)
+    started = [context.Process(target=_open_store, args=(url, barrier)) for _ in range(processes)]
+    for process in started:
+        process.start()
+    for process in started:
+        process.join(timeout=120)
+    return [process.exitcode for process in started]
+
+
+def test_workers_opening_a_new_sqlite_store_together_all_start(tmp_path: Path) -> None:
+    for attempt in range(5):  # the race is one check-then-create window wide; try it a few times
+        url = f"sqlite:///{tmp_path / f'audit-{attempt}.db'}"
+        assert open_at_once(url) == [0, 0, 0, 0]
+        assert AuditStore(url).integrity_problems() == []
+
+
+def test_workers_opening_a_new_postgres_store_together_all_start() -> None:
+    base = _postgres_url()
+    engine = sa.create_engine(base)
+    for _ in range(3):
+        schema = f"race_{uuid.uuid4().hex[:12]}"
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        try:
+            url = f"{base}?options=-csearch_path%3D{schema}"
+            assert open_at_once(url) == [0, 0, 0, 0]
+            assert AuditStore(url).count() == 0
+        finally:
+            with engine.begin() as connection:
+                connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    engine.dispose()
