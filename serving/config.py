@@ -9,6 +9,7 @@
 | `TRIAGE_MAX_BATCH` | most patients in one batch request | 100 |
 | `TRIAGE_MAX_BODY_BYTES` | largest request body accepted | 262144 |
 | `TRIAGE_RATE_LIMIT` | requests per minute per API key (0: no limit) | 0 |
+| `TRIAGE_KEEP_ALIVE_SECONDS` | how long an idle keep-alive connection is kept open | 75 |
 | `TRIAGE_HOME` | work folder | `var` |
 
 (1) `{TRIAGE_HOME}/serving/hmac.key`; (2) `{TRIAGE_HOME}/serving/audit.db`.
@@ -19,12 +20,27 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+# Longer than the idle timeout of the usual clients and gateways (httpx 5 s, nginx upstream
+# keepalive 60 s, AWS ALB 60 s), so the client always closes an idle connection first. Were the
+# server first (uvicorn's default is 5 s, the same as httpx), a request sent just as the server's
+# timer fires finds the connection closed, and a POST cannot safely be retried.
+KEEP_ALIVE_SECONDS = 75
+
+
+def serve_command(host: str, port: int, env: Mapping[str, str] | None = None) -> list[str]:
+    """The `bentoml serve` command line for the triage service (`triage serve`, drills, benches)."""
+    env = os.environ if env is None else env
+    keep_alive = int(env.get("TRIAGE_KEEP_ALIVE_SECONDS", KEEP_ALIVE_SECONDS))
+    return [sys.executable, "-m", "bentoml", "serve", "serving.service:Triage", "--host", host,
+            "--port", str(port), "--timeout-keep-alive", str(keep_alive)]  # fmt: skip
 
 
 def hash_key(key: str) -> str:

@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import numpy as np
 import psutil
 
 from serving.audit import AuditStore
-from serving.config import ServingConfig
+from serving.config import ServingConfig, serve_command
 from serving.examples import EXAMPLE_PATIENT
 
 INVALID_SHARE = 0.2
@@ -82,17 +81,7 @@ class Server:
         started = time.monotonic()
         output = self.log.open("ab") if self.log is not None else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bentoml",
-                "serve",
-                "serving.service:Triage",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
+            serve_command("127.0.0.1", self.port, self.env),
             env=self.env,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -309,7 +298,11 @@ async def run_load(
             await asyncio.sleep(kill_after)
             await asyncio.to_thread(kill)
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # httpx's keep-alive expiry (5 s) stays below the server's (serving.config.KEEP_ALIVE_SECONDS),
+    # as any client's should: the client closes an idle connection before the server can.
+    limits = httpx.Limits(
+        max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=5.0
+    )
     async with httpx.AsyncClient(timeout=10, limits=limits) as client:
         await asyncio.gather(*(client_loop(client) for _ in range(clients)), killer())
     return result

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
@@ -396,7 +395,7 @@ def serve(
     port: Annotated[int, typer.Option(help="port")] = 3000,
 ) -> None:
     """Serve every released champion with BentoML (one worker per core)."""
-    from serving.config import LOOPBACK_HOSTS, ServingConfig
+    from serving.config import LOOPBACK_HOSTS, ServingConfig, serve_command
 
     home = use_bentoml_store(workdir)
     env = {**os.environ, "TRIAGE_HOME": str(workdir.resolve()), "BENTOML_HOME": str(home)}
@@ -420,9 +419,7 @@ def serve(
         raise typer.Exit(code=3) from None
     except LookupError as error:  # start anyway: /readyz stays failing and says why
         make_console().print(f"[yellow]{error}; the server will not become ready[/yellow]")
-    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Triage",
-               "--host", host, "--port", str(port)]  # fmt: skip
-    raise typer.Exit(code=subprocess.call(command, env=env))
+    raise typer.Exit(code=subprocess.call(serve_command(host, port, env), env=env))
 
 
 audit_app = typer.Typer(help="The audit trail of scored requests.", no_args_is_help=True)

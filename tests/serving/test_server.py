@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from urllib.parse import urlsplit
+
 import httpx
 
 from serving.audit import AuditStore
 from serving.config import ServingConfig
 from serving.examples import EXAMPLE_PATIENT, fhir_bundle
+from serving.reliability import RawHttp, http_request
 from tests.serving.conftest import API_KEY, Released
 
 
@@ -44,3 +48,17 @@ def test_real_server_audit_rows_match_successes(live_server: dict) -> None:  # t
     )
     assert store.count() - before == ok == 20, "every 200 has its audit row, written first"
     assert store.integrity_problems() == []
+
+
+def test_real_server_outlasts_a_clients_keep_alive(live_server: dict) -> None:  # type: ignore[type-arg]
+    """An idle connection stays open past httpx's 5 s keep-alive expiry, so the client always
+    closes first: with uvicorn's default (5 s, the same) a request sent as the server's timer
+    fired found the connection reset (seen once in a CI load drill)."""
+    request = http_request("POST", "/v1/score", EXAMPLE_PATIENT, {"X-API-Key": API_KEY})
+    client = RawHttp(int(urlsplit(live_server["url"]).port or 0))
+    try:
+        assert client.send(request)[0] == 200
+        time.sleep(6)
+        assert client.send(request)[0] == 200, "the same connection, 6 s idle, still serves"
+    finally:
+        client.close()
