@@ -1,4 +1,5 @@
-"""Pure-ASGI middleware for the /v1 routes: body size limit, API-key auth, per-key rate limit.
+"""Pure-ASGI middleware for the /v1 routes: body size limit, API-key auth, per-key rate limit;
+and, for the whole server, the request deadline that stands in for BentoML's TimeoutMiddleware.
 
 Probes (/livez, /readyz, /metrics) and the OpenAPI document are served by BentoML outside /v1 and
 stay open. API keys are held only as SHA-256 digests and compared in constant time.
@@ -6,6 +7,7 @@ stay open. API keys are held only as SHA-256 digests and compared in constant ti
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import math
@@ -42,6 +44,55 @@ async def _reply(send: Send, status: int, code: str, message: str, headers: list
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class RequestDeadline:
+    """504 for a request not answered within `timeout` seconds (BentoML's `traffic.timeout`).
+
+    It replaces BentoML 1.4's `TimeoutMiddleware` (see `install_request_deadline`), which
+    schedules a timer per request and never cancels it: the event loop then holds every finished
+    request's context (its OpenTelemetry span and attributes) for the whole timeout, ~6,000
+    requests and ~25 MB per worker at 200 requests/s and 30 s. Here the timer is cancelled as
+    soon as the request ends, and the deadline is dropped once the response has started, as
+    BentoML's did.
+    """
+
+    def __init__(self, app: ASGIApp, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        started = False
+        try:
+            async with asyncio.timeout(self.timeout) as deadline:
+
+                async def send_started(message: Message) -> None:
+                    nonlocal started
+                    if not started:
+                        started = True
+                        deadline.reschedule(None)
+                    await send(message)
+
+                await self.app(scope, receive, send_started)
+        except TimeoutError:
+            if started or not deadline.expired():
+                raise
+            await _reply(send, 504, "timeout", f"not answered within {self.timeout:g} s", [])
+
+
+def install_request_deadline() -> None:
+    """Have BentoML build its apps with `RequestDeadline` in place of its `TimeoutMiddleware`.
+
+    BentoML imports the class from this module attribute each time it builds an app, so this
+    must run before `to_asgi()` (the service module calls it on import). A test checks the app
+    BentoML builds, so an upgrade that moves the class fails loudly rather than silently.
+    """
+    from bentoml._internal.server.http import traffic
+
+    traffic.TimeoutMiddleware = RequestDeadline  # type: ignore[misc,assignment]
 
 
 class BodySizeLimit:

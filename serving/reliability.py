@@ -320,9 +320,11 @@ def load_drill(
     log: Path | None = None,
 ) -> dict[str, Any]:
     """Sustained mixed load; memory growth measured per worker after a warm-up of a third of the
-    time (the same load). A worker's resident memory steps up by ~25 MB within its first ~10k
-    requests under 16 clients, then stays flat (checked over a further 70k requests), so the
-    warm-up is where that one-off step belongs; a leak would keep growing after it."""
+    time (the same load: allocator pools and caches fill), so what is left to grow is a leak.
+
+    (BentoML's own request timeout kept every request's context for 30 s, ~25 MB per worker under
+    this load, which showed here as a step of that size; `serving.middleware.RequestDeadline`
+    replaces it.)"""
     server = Server(env, log=log)
     try:
         ready = server.start()

@@ -28,7 +28,13 @@ from models.validation import Issue
 from serving.audit import AuditRecord, AuditStore, pseudonymise
 from serving.config import ServingConfig
 from serving.fhir import FhirError, operation_outcome, parse_bundle, risk_assessment
-from serving.middleware import ApiKeyAuth, BodySizeLimit, RateLimit, current_config
+from serving.middleware import (
+    ApiKeyAuth,
+    BodySizeLimit,
+    RateLimit,
+    current_config,
+    install_request_deadline,
+)
 from serving.schemas import (
     BatchItem,
     BatchRequest,
@@ -49,6 +55,7 @@ if TYPE_CHECKING:  # LightGBM (and, through it, scikit-learn) loads in the worke
     from serving.release import Served
 
 logger = logging.getLogger("triage.service")
+install_request_deadline()
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in (
