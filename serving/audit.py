@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -140,17 +141,29 @@ class AuditStore:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
         self._create_schema()
 
-    def _create_schema(self) -> None:
+    def _create_schema(self, attempts: int = 20) -> None:
         """Create the tables unless they exist. Every worker opens the store as it starts, so on a
-        new store two can both find no table and both CREATE it; the loser's error is harmless
-        once the winner's tables are there (DDL is transactional in SQLite and PostgreSQL: they
-        are there whole or not at all). Found by the load drill: one worker died at start-up."""
+        new store several race: two can both find no table and both CREATE it, or SQLite answers
+        "database is locked" to one (a read lock cannot wait to become a write lock). The loser
+        retries, briefly, until the winner's tables are there: DDL is transactional in SQLite and
+        PostgreSQL, so they are there whole or not at all. Found by the load drill: one worker
+        died at start-up."""
+        for attempt in range(attempts):
+            try:
+                METADATA.create_all(self.engine, checkfirst=True)
+                return
+            except sa.exc.DBAPIError:
+                if attempt == attempts - 1:
+                    raise
+                if self._schema_present():
+                    return
+                time.sleep(0.05 * (attempt + 1))  # at most ~10 s in all
+
+    def _schema_present(self) -> bool:
         try:
-            METADATA.create_all(self.engine, checkfirst=True)
+            return set(METADATA.tables) <= set(sa.inspect(self.engine).get_table_names())
         except sa.exc.DBAPIError:
-            present = set(sa.inspect(self.engine).get_table_names())
-            if not set(METADATA.tables) <= present:
-                raise
+            return False
 
     def write(self, records: Sequence[AuditRecord]) -> None:
         """Insert and commit the rows (one transaction); returns only once they are durable."""
