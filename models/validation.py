@@ -569,7 +569,8 @@ def _check_column(
     if fast is not None:
         return fast
     code = analyte.code
-    numeric = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
+    numeric = pd.to_numeric(column, errors="coerce").to_numpy(np.float64, copy=True)
+    numeric[_booleans(column)] = np.nan  # True is not 1.0 g/L: refused, as a record's would be
     given = column.notna().to_numpy()
     finite = np.isfinite(numeric)
     rows = np.flatnonzero(given & ~finite)
@@ -619,6 +620,17 @@ def _check_column(
         if match.unit in analyte.ambiguous_units:
             out.add("ambiguous_unit", code, good, message_ambiguous(analyte, match))
     return result, given
+
+
+def _booleans(column: pd.Series) -> npt.NDArray[np.bool_]:
+    """Which cells hold a boolean (a bool column, or bools among objects)."""
+    if column.dtype.kind == "b" or isinstance(column.dtype, pd.BooleanDtype):
+        return column.notna().to_numpy()
+    if column.dtype == object:
+        return np.fromiter(
+            (isinstance(v, (bool, np.bool_)) for v in column.to_numpy()), bool, len(column)
+        )
+    return np.zeros(len(column), dtype=bool)
 
 
 def _canonical_column(

@@ -365,3 +365,23 @@ def test_frame_and_record_agree_on_a_mixed_example() -> None:
     framed = validate_frame(frame)
     total = sum(len(validate_record(r).issues) for r in records)
     assert len(framed.issues) == total, "the same issues, in total, by either path"
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pd.Series([True, False, None], dtype=object),
+        pd.Series([True, False, True]),
+        pd.Series([True, False, None], dtype="boolean"),
+    ],
+    ids=["objects", "bool", "nullable-boolean"],
+)
+def test_a_boolean_value_is_not_a_number_in_a_frame_either(column: pd.Series) -> None:
+    assert validate_record(_record({"sodium": True})).issues[0].code == "not_a_number"
+    frame = pd.DataFrame({"age": [60] * 3, "sex": ["female"] * 3, "sodium": column})
+    framed = validate_frame(frame)
+    refused = framed.issues[framed.issues["code"] == "not_a_number"]
+    assert sorted(refused["row"]) == sorted(
+        i for i in range(3) if column.iloc[i] is not None and column.iloc[i] is not pd.NA
+    )
+    assert framed.values["sodium"].isna().all(), "no boolean became 1.0 or 0.0 mmol/L"
