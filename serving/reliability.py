@@ -103,7 +103,7 @@ class Server:
         for pid in self.pids()[1:]:
             try:
                 process = psutil.Process(pid)
-                if "python" in process.name().lower():
+                if "_bentoml_impl.worker" in " ".join(process.cmdline()):
                     out[pid] = process.memory_info().rss / 2**20
             except psutil.NoSuchProcess:
                 continue
