@@ -263,13 +263,14 @@ class TriagePredictor:
             low, high = self._soft_limits.get(code, (math.nan, math.nan))
             if value < low or value > high:
                 analyte = self.catalogue[code]
+                shown = [f"{round(v, analyte.decimals):g}" for v in (value, low, high)]
                 warnings.append(
                     Issue(
                         "warning",
                         "outside_training_range",
                         code,
-                        f"{analyte.name} {value:g} {analyte.display_unit} is beyond the range "
-                        f"seen in training ({low:g}-{high:g}); the estimate is less certain",
+                        f"{analyte.name} {shown[0]} {analyte.display_unit} is beyond the range "
+                        f"seen in training ({shown[1]}-{shown[2]}); the estimate is less certain",
                     )
                 )
         return tuple(warnings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,16 @@ def test_out_of_limits_carries_the_unit_hint(client: TestClient) -> None:
     body = client.post("/v1/score", json=_with(haemoglobin={"value": 9.8, "unit": "g/L"})).json()
     (issue,) = [i for i in body["error"]["issues"] if i["code"] == "out_of_limits"]
     assert "9.8 g/dL = 98 g/L" in issue["message"]
+
+
+def test_outside_training_range_is_worded_at_the_analytes_precision(client: TestClient) -> None:
+    body = client.post("/v1/score", json=_with(haemoglobin={"value": 31, "unit": "g/L"})).json()
+    (warning,) = [
+        w for w in body["warnings"]
+        if w["code"] == "outside_training_range" and w["field"] == "haemoglobin"
+    ]  # fmt: skip
+    expected = r"Haemoglobin 31 g/L is beyond the range seen in training \(\d+-\d+\);"
+    assert re.match(expected, warning["message"]), warning["message"]
 
 
 def test_malformed_json_is_400(client: TestClient) -> None:
