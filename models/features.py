@@ -86,7 +86,8 @@ DEMOGRAPHICS = ("age", "sex")
 SEX_CODES = {"female": 0.0, "male": 1.0}
 
 
-def _take(column: FloatArray, rows: IntArray | None) -> FloatArray:
+def take_rows(column: FloatArray, rows: IntArray | None) -> FloatArray:
+    """`column` at positions `rows` (the whole column when None)."""
     return column if rows is None else column[rows]
 
 
@@ -94,7 +95,7 @@ def _analyte(values: pd.DataFrame, code: str, rows: IntArray | None) -> FloatArr
     """One canonical column as float64 (NaN when the frame lacks it), at `rows`."""
     if code not in values:
         return np.full(len(values) if rows is None else len(rows), np.nan)
-    return _take(values[code].to_numpy(np.float64), rows)
+    return take_rows(values[code].to_numpy(np.float64), rows)
 
 
 def compute_derived(values: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
@@ -141,10 +142,10 @@ def feature_columns(
     columns |= _derived_columns(values, derived, rows)
     for name in demographics:
         if name == "sex":
-            columns["sex"] = _take(encode_sex(values["sex"]), rows)
+            columns["sex"] = take_rows(encode_sex(values["sex"]), rows)
         else:
             age = pd.to_numeric(values[name], errors="coerce").to_numpy(np.float64)
-            columns[name] = _take(age, rows)
+            columns[name] = take_rows(age, rows)
     return columns
 
 

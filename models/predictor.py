@@ -24,7 +24,14 @@ import pandas as pd
 
 from models.calibration import LogitCalibration
 from models.explain import Driver, calibrated_contributions, group_by_panel, top_drivers
-from models.features import DERIVED, SEX_CODES, feature_columns, map_codes, stack_columns
+from models.features import (
+    DERIVED,
+    SEX_CODES,
+    feature_columns,
+    map_codes,
+    stack_columns,
+    take_rows,
+)
 from models.spec import PATHWAYS, ModelSpec
 from models.triage import Band, Thresholds, assign_band, assign_bands, recommend
 from models.validation import Issue, RecordValidation, validate_record
@@ -71,8 +78,7 @@ def spec_feature_columns(
     f = spec.features
     columns = feature_columns(values, f.analytes, f.derived, f.demographics, rows)
     if "pathway" in f.context:
-        pathway = map_codes(values["pathway"], PATHWAY_CODES)
-        columns["pathway"] = pathway if rows is None else pathway[rows]
+        columns["pathway"] = take_rows(map_codes(values["pathway"], PATHWAY_CODES), rows)
     return columns
 
 

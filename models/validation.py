@@ -570,7 +570,7 @@ def _check_column(
         return fast
     code = analyte.code
     numeric = pd.to_numeric(column, errors="coerce").to_numpy(np.float64, copy=True)
-    numeric[_booleans(column)] = np.nan  # True is not 1.0 g/L: refused, as a record's would be
+    numeric[_booleans(column, numeric)] = np.nan  # True is not 1.0: refused, as in a record
     given = column.notna().to_numpy()
     finite = np.isfinite(numeric)
     rows = np.flatnonzero(given & ~finite)
@@ -622,15 +622,17 @@ def _check_column(
     return result, given
 
 
-def _booleans(column: pd.Series) -> npt.NDArray[np.bool_]:
-    """Which cells hold a boolean (a bool column, or bools among objects)."""
+def _booleans(column: pd.Series, numeric: FloatArray) -> npt.NDArray[np.bool_]:
+    """Which cells hold a boolean (a bool column, or bools among objects). `numeric` is the
+    column as numbers: among objects only a cell read as 0 or 1 can be a boolean."""
     if column.dtype.kind == "b" or isinstance(column.dtype, pd.BooleanDtype):
         return column.notna().to_numpy()
+    found = np.zeros(len(column), dtype=bool)
     if column.dtype == object:
-        return np.fromiter(
-            (isinstance(v, (bool, np.bool_)) for v in column.to_numpy()), bool, len(column)
-        )
-    return np.zeros(len(column), dtype=bool)
+        candidates = np.flatnonzero((numeric == 0) | (numeric == 1))
+        cells = column.to_numpy()[candidates]
+        found[candidates] = [isinstance(v, (bool, np.bool_)) for v in cells]
+    return found
 
 
 def _canonical_column(
