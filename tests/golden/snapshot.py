@@ -52,12 +52,17 @@ VOLATILE = {
 }
 
 
+CODE_VERSION = re.compile(r"\d+\.\d+\.\d+\+g[0-9a-f]+(\.dirty)?")  # e.g. in the TRIPOD list
+
+
 def _strip(value: Any) -> Any:
-    """The value without volatile keys, with tuples as lists (as JSON has them)."""
+    """The value without volatile keys or code versions, with tuples as lists (as in JSON)."""
     if isinstance(value, dict):
         return {k: _strip(v) for k, v in value.items() if k not in VOLATILE}
     if isinstance(value, list | tuple):
         return [_strip(v) for v in value]
+    if isinstance(value, str):
+        return CODE_VERSION.sub("CODE_VERSION", value)
     return value
 
 
