@@ -28,13 +28,14 @@ from scipy import optimize, special, stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
 
+from models.calibration import expit, logit
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 Interval = dict[str, float]
 Direction = Literal["rule_out", "rule_in"]
 
 Z95 = float(stats.norm.ppf(0.975))
-P_CLIP = 1e-12
 NAN = float("nan")
 AGE_BANDS: tuple[tuple[str, float, float], ...] = (
     ("18-49", 18, 50),
@@ -66,12 +67,6 @@ def _as_arrays(y: Any, p: Any) -> tuple[IntArray, FloatArray]:
     if not (np.isfinite(p_arr).all() and (p_arr >= 0).all() and (p_arr <= 1).all()):
         raise ValueError("p must contain finite probabilities in [0, 1]")
     return y_arr.astype(np.intp), p_arr
-
-
-def _logit(p: FloatArray) -> FloatArray:
-    clipped = np.clip(p, P_CLIP, 1 - P_CLIP)
-    out: FloatArray = np.log(clipped) - np.log1p(-clipped)
-    return out
 
 
 def _dot(a: FloatArray, b: FloatArray) -> float:
@@ -276,7 +271,7 @@ def calibration_summary(y: Any, p: Any) -> dict[str, float]:
     predictions are too extreme (over-confident); intercept < 0 means risk is over-estimated.
     """
     y_arr, p_arr = _as_arrays(y, p)
-    logit_p = _logit(p_arr)
+    logit_p = logit(p_arr)
     return {
         "n": float(y_arr.size),
         "observed": float(y_arr.mean()) if y_arr.size else NAN,
@@ -312,13 +307,6 @@ def calibration_curve(y: Any, p: Any, n_bins: int = 10) -> list[dict[str, float]
     return rows
 
 
-def _sigmoid(eta: FloatArray) -> FloatArray:
-    # np.exp is several times faster than scipy's expit; overflow to inf gives exactly 0.
-    with np.errstate(over="ignore"):
-        out: FloatArray = 1.0 / (1.0 + np.exp(-eta))
-    return out
-
-
 def _newton_logistic(
     x: FloatArray,
     cases: FloatArray,
@@ -336,7 +324,7 @@ def _newton_logistic(
     """
     a, b = start
     for _ in range(max_iter):
-        mu = _sigmoid(a + b * x)
+        mu = expit(a + b * x)
         residual = cases - total * mu
         info = total * mu * (1 - mu)
         if fit_slope:
@@ -662,9 +650,9 @@ def oracle_summary(y: Any, p: Any, true_risk: Any) -> dict[str, float]:
     y_arr, p_arr = _as_arrays(y, p)
     _, truth = _as_arrays(y_arr, true_risk)
     oracle_auc, model_auc = auc(y_arr, truth), auc(y_arr, p_arr)
-    logit_p = _logit(p_arr)
+    logit_p = logit(p_arr)
     slope = (
-        float(stats.linregress(logit_p, _logit(truth)).slope)
+        float(stats.linregress(logit_p, logit(truth)).slope)
         if y_arr.size > 1 and np.ptp(logit_p) > 0
         else NAN
     )
@@ -697,7 +685,7 @@ def _bootstrap_metrics(
     predicted value, so a resample costs two bincounts plus a few Newton steps, not a refit.
     """
     tied = _Tied.of(y, p)
-    values, x = tied.values, _logit(tied.values)
+    values, x = tied.values, logit(tied.values)
     intercept0, slope0 = start
     # Starting points: the full-sample intercept (offset model) and the full-sample (a, b) of
     # the slope model, refitted here on the aggregated counts (one cheap pass).

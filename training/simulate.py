@@ -35,6 +35,7 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from models.analytes import CATALOGUE, Analyte
+from models.calibration import expit, logit
 from models.features import (
     CALCIUM_ALBUMIN_COEFFICIENT,
     CALCIUM_ALBUMIN_REFERENCE_G_PER_L,
@@ -899,14 +900,14 @@ def draw_testing(
     pv_lab = (people["lab"] == PV_LAB).to_numpy()
     inflamed = profile.suspicion * latent[:, 0]
     liver = u[:, 2] < profile.liver + _per_category(people["pathway"], LIVER_BOOST, 0.0)
-    inflammatory = u[:, 6] < _expit(_logit(profile.esr_or_pv) + inflamed)
+    inflammatory = u[:, 6] < expit(logit(profile.esr_or_pv) + inflamed)
     panels = {
         FBC + DIFFERENTIAL: u[:, 0] < profile.fbc,
         RENAL: u[:, 1] < profile.renal,
         LIVER: liver,
         BONE: liver & (u[:, 3] < profile.bone_given_liver),
         ("ggt",): liver & (u[:, 4] < profile.ggt_given_liver),
-        ("crp",): u[:, 5] < _expit(_logit(profile.crp) + inflamed),
+        ("crp",): u[:, 5] < expit(logit(profile.crp) + inflamed),
         ("esr",): inflammatory & ~pv_lab,
         ("plasma_viscosity",): inflammatory & pv_lab,
     }
@@ -936,14 +937,6 @@ def mask_untested(
 ) -> dict[str, FloatArray]:
     """Values where measured, NaN elsewhere."""
     return {code: np.where(tested[code], x, np.nan) for code, x in values.items()}
-
-
-def _expit(x: FloatArray) -> FloatArray:
-    return np.asarray(1.0 / (1.0 + np.exp(-x)))
-
-
-def _logit(p: float) -> float:
-    return float(np.log(p / (1.0 - p)))
 
 
 # --- outcome: exact true risk -----------------------------------------------------------------
@@ -992,7 +985,7 @@ def fit_intercepts(
     log_odds = np.log(np.maximum(odds, 1e-300))
     for _ in range(iterations):
         mid = (low + high) / 2.0
-        mean = np.bincount(group, _expit(mid[group] + log_odds), len(targets)) / sizes
+        mean = np.bincount(group, expit(mid[group] + log_odds), len(targets)) / sizes
         above = mean > targets
         high = np.where(above, mid, high)
         low = np.where(above, low, mid)
@@ -1015,7 +1008,7 @@ def draw_outcomes(
     group = pd.Categorical(people["pathway"].astype(str), categories=groups).codes.astype(np.int64)
     odds = np.exp(logits).sum(axis=1)
     intercept = fit_intercepts(odds, group, np.array([targets[g] for g in groups]))
-    true_risk = _expit(intercept[group] + np.log(np.maximum(odds, 1e-300)))
+    true_risk = expit(intercept[group] + np.log(np.maximum(odds, 1e-300)))
     u = rng.random((len(people), 3))
     cancer = u[:, 0] < true_risk
     cumulative = np.cumsum(np.exp(logits), axis=1) / np.maximum(odds, 1e-300)[:, None]
@@ -1345,7 +1338,7 @@ def myeloma_summary(
         "controls_per_case": params.controls_per_case,
         "unmatched_control_slots": params.controls_per_case * cases - (len(wide) - cases),
         "sampling_fraction": fraction,
-        "logit_shift": _logit(prevalence) - _logit(fraction),
+        "logit_shift": logit(prevalence) - logit(fraction),
         "artefacts": {name: int(wide[name].sum()) for name in ARTEFACT_FLAGS},
         "results": len(results),
     }  # fmt: skip

@@ -24,7 +24,7 @@ import pandas as pd
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 
-from models.calibration import LogitCalibration, expit, prevalence_shift
+from models.calibration import LogitCalibration, expit, logit, prevalence_shift
 from models.predictor import TriagePredictor, spec_feature_frame
 from models.reference import reference_statistics
 from models.spec import ModelSpec
@@ -240,12 +240,7 @@ def choose_thresholds(y_cal: np.ndarray, p_cal: np.ndarray, spec: ModelSpec) -> 
 
 def sample_scale(probability: np.ndarray, calibration: LogitCalibration) -> np.ndarray:
     """Probabilities on the case-control sample's scale (undo the prevalence shift)."""
-    return expit(logit_array(probability) - calibration.shift)
-
-
-def logit_array(p: np.ndarray) -> np.ndarray:
-    clipped = np.clip(p, 1e-15, 1 - 1e-15)
-    return np.log(clipped) - np.log1p(-clipped)
+    return expit(logit(probability) - calibration.shift)
 
 
 def evaluate_model(
