@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from models.analytes import CATALOGUE
-from models.validation import Eligibility, validate_frame
+from models.frame_validation import validate_frame
+from models.validation import Eligibility
 
 
 def make_frame(rows: int, n_analytes: int, seed: int = 1) -> pd.DataFrame:

@@ -120,7 +120,7 @@ class TriagePredictor:
                 f"{list(self.feature_names)}"
             )
         self.catalogue = spec.catalogue
-        self._soft_limits = {
+        self.soft_limits = {
             name: (stats["low"], stats["high"])
             for name, stats in self.reference.get("features", {}).items()
             if name in self.catalogue
@@ -266,7 +266,7 @@ class TriagePredictor:
                 )
             )
         for code, value in values.items():
-            low, high = self._soft_limits.get(code, (math.nan, math.nan))
+            low, high = self.soft_limits.get(code, (math.nan, math.nan))
             if value < low or value > high:
                 analyte = self.catalogue[code]
                 shown = [f"{round(v, analyte.decimals):g}" for v in (value, low, high)]

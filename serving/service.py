@@ -23,7 +23,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from models.spec import PATHWAYS
+from models.routing import RoutingError, route
+from models.spec import ModelSpec
 from models.validation import Issue
 from serving.audit import AuditRecord, AuditStore, pseudonymise
 from serving.config import ServingConfig
@@ -182,6 +183,7 @@ class TriageService:
         self.config: ServingConfig = current_config()
         self.audit = AuditStore(self.config.audit_url)
         self.served: dict[str, Served] = {}
+        self.specs: dict[str, ModelSpec] = {}
         self.not_ready_reason: str | None = None
         from serving.release import BUNDLE_NAME, load_release
 
@@ -194,6 +196,7 @@ class TriageService:
             logger.error("not ready: %s", self.not_ready_reason)
             return
         self.served = load_release(folder)  # raises ArtifactError on a tampered artifact
+        self.specs = {name: served.predictor.spec for name, served in self.served.items()}
         logger.info("serving %s", ", ".join(f"{n} v{s.version}" for n, s in self.served.items()))
         # Everything loaded so far (libraries, predictors; ~230k objects) lives as long as the
         # worker: keep it out of the cyclic collector's full passes, each of which would stall a
@@ -210,45 +213,14 @@ class TriageService:
     # --- helpers --------------------------------------------------------------------------------
 
     def _choose(self, model: str | None, pathway: str | None) -> tuple[Served, str | None]:
-        """The served model for a request and the pathway to pass as context."""
+        """The served model for a request and the pathway to pass as context (`route`)."""
         self._require_ready()
-        if pathway is not None and pathway not in PATHWAYS:
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"unknown pathway {pathway!r}",
-                [
-                    Issue(
-                        "error",
-                        "invalid_pathway",
-                        "pathway",
-                        f"pathway {pathway!r} is not one of {', '.join(PATHWAYS)}",
-                    )
-                ],
-            )
-        name = model or (pathway if pathway in self.served else "any_cancer")
-        served = self.served.get(name)
-        if served is None:
-            known = ", ".join(sorted(self.served)) or "none"
-            raise ApiError(404, "unknown_model", f"no model {name!r} is served (served: {known})")
-        spec = served.predictor.spec
-        if "pathway" in spec.features.context and pathway is None:
-            raise ApiError(
-                422,
-                "invalid_request",
-                "this model needs the referral pathway",
-                [
-                    Issue(
-                        "error",
-                        "missing_pathway",
-                        "pathway",
-                        f"{name} uses the referral pathway; give one of {', '.join(PATHWAYS)}",
-                    )
-                ],
-            )
-        if spec.cohort.pathways and pathway is None:
-            pathway = spec.cohort.pathways[0]
-        return served, pathway
+        try:
+            name, pathway = route(self.specs, model, pathway)
+        except RoutingError as error:
+            status = 404 if error.code == "unknown_model" else 422
+            raise ApiError(status, error.code, error.message, list(error.issues)) from None
+        return self.served[name], pathway
 
     def _score(self, body: ScoreRequest) -> tuple[Served, Score]:
         served, pathway = self._choose(body.model, body.pathway)

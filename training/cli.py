@@ -98,8 +98,8 @@ def validate(
 ) -> None:
     """Validate a cohort through the catalogue and print issues by code and field."""
     from models.analytes import CATALOGUE
+    from models.frame_validation import validate_frame
     from models.spec import load_spec
-    from models.validation import validate_frame
     from training.cohort import map_columns, read_table
 
     frame = read_table(file)

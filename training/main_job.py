@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 from rich.table import Table
 
+from models.frame_validation import validate_frame
 from models.spec import load_spec
-from models.validation import validate_frame
 from serving.examples import EXAMPLE_PATIENT, fhir_bundle
 from serving.release import release_champions
 from serving.reliability import Server

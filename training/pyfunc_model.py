@@ -1,9 +1,11 @@
 """The MLflow pyfunc face of a TriagePredictor, logged as "models from code" (nothing pickled).
 
 `mlflow.pyfunc.load_model` and `mlflow models serve` use it. Input: one row per patient with
-canonical analyte values named by catalogue code, `age`, `sex` (and `pathway` for models with that
-context). Output: `probability`, `band` and `status` ("scored", or the error codes that made the row
-ineligible; such rows get no probability).
+analyte values named by catalogue code (or by the spec's column map) in canonical units, `age`,
+`sex` (and `pathway` for models that need it). Rows go through `models.scoring.score_frame`, the
+frame scorer replay uses, so the pyfunc refuses exactly what replay refuses (pathway refusals
+included). Output: `probability`, `band` and `status` ("scored", or the error codes that made the
+row ineligible, comma-separated; such rows get no probability).
 """
 
 from __future__ import annotations
@@ -28,25 +30,27 @@ class TriagePyfunc(PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        from models.validation import validate_frame
+        from models.scoring import score_frame
+        from models.triage import BANDS
 
         frame = model_input.reset_index(drop=True)
-        spec = self.predictor.spec
-        checked = validate_frame(frame, catalogue=spec.catalogue, eligibility=spec.eligibility)
-        values = checked.values
-        if "pathway" in frame:
-            values["pathway"] = frame["pathway"].to_numpy(dtype=object)
+        scored = score_frame(self.predictor, frame)
         out = pd.DataFrame(
             {"probability": np.nan, "band": None, "status": "scored"}, index=frame.index
         )
-        eligible = checked.eligible
+        eligible = scored.eligible
         if eligible.any():
-            scored = self.predictor.predict(values.loc[eligible])
-            out.loc[eligible, "probability"] = scored["probability"].to_numpy()
-            out.loc[eligible, "band"] = scored["band"].to_numpy()
-        errors = checked.issues[checked.issues["severity"] == "error"]
-        reasons = errors.groupby("row")["code"].agg(lambda c: ",".join(sorted(set(c))))
-        out.loc[reasons.index, "status"] = reasons.to_numpy()
+            out.loc[eligible, "probability"] = scored.probability[eligible]
+            bands = np.asarray(BANDS, dtype=object)[scored.band_codes[eligible]]
+            out.loc[eligible, "band"] = bands
+        if len(scored.reason_rows):
+            codes = pd.Series(scored.reason_labels, dtype=object).str.split(":", n=1).str[0]
+            reasons = (
+                pd.DataFrame({"row": scored.reason_rows, "code": codes})
+                .groupby("row")["code"]
+                .agg(lambda c: ",".join(sorted(set(c))))
+            )
+            out.loc[reasons.index, "status"] = reasons.to_numpy()
         return out
 
 

@@ -41,7 +41,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,13 +51,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from models.features import stack_columns
-from models.predictor import META_FILE, MODEL_WARNINGS, TriagePredictor, spec_feature_columns
-from models.spec import PATHWAYS, ModelSpec
-from models.triage import BANDS, band_codes
-from models.validation import ISSUE_CODES, FrameValidation, validate_frame
+from models.predictor import META_FILE, TriagePredictor
+from models.scoring import WARNING_CODES, score_frame, timed
+from models.spec import ModelSpec
+from models.triage import BANDS
 from training import drift
-from training.cohort import CohortError, map_columns
+from training.cohort import CohortError
 from training.evaluate import auc_ci, paired_auc_difference
 from training.provenance import code_version, files_sha256
 from training.registry import (
@@ -78,7 +76,6 @@ ProgressCallback = Callable[[int], None]
 
 KEY_COLUMNS = ("patient_id", "referral_id")
 SCORED, INELIGIBLE = "scored", "ineligible"
-OUTSIDE_POPULATION = "outside_population"
 CONTRIBUTION_PREFIX = "contrib__"
 DEFAULT_CHUNK_ROWS = 200_000
 SAMPLE_ROWS = 2000  # rows explained for the report's SHAP plot
@@ -311,12 +308,6 @@ def scores_schema(
     return pa.schema(fields)
 
 
-WARNING_CODES: tuple[str, ...] = tuple(
-    sorted({*(c for c, (severity, _) in ISSUE_CODES.items() if severity == "warning"),
-            *MODEL_WARNINGS})
-)  # fmt: skip
-
-
 def _code_lists(
     rows: npt.NDArray[np.int64], codes: npt.NDArray[np.int64], n: int
 ) -> tuple[pa.Array, Counter[str]]:
@@ -355,108 +346,6 @@ def _label_lists(
     return pa.ListArray.from_arrays(pa.array(offsets), values.cast(pa.string())), counts
 
 
-def _model_warnings(
-    predictor: TriagePredictor, values: pd.DataFrame, eligible: npt.NDArray[np.bool_]
-) -> list[tuple[npt.NDArray[np.int64], str]]:
-    """The warnings `TriagePredictor.score` adds for eligible rows: analytes missing, and values
-    beyond the 0.5-99.5th training percentiles (vectorised twin of `_model_warnings`). Whole
-    columns are compared, then the eligible rows kept: cheaper than picking rows per column."""
-    n = len(values)
-    missing = np.zeros(n, dtype=bool)
-    for code in predictor.spec.features.analytes:
-        if code not in values:
-            missing[:] = True
-            break
-        missing |= np.isnan(values[code].to_numpy(np.float64))
-    outside = np.zeros(n, dtype=bool)
-    for code, stats in predictor.reference.get("features", {}).items():
-        if code in predictor.catalogue and code in values:
-            v = values[code].to_numpy(np.float64)
-            with np.errstate(invalid="ignore"):
-                outside |= (v < stats["low"]) | (v > stats["high"])
-    return [
-        (np.flatnonzero(missing & eligible), "analyte_missing"),
-        (np.flatnonzero(outside & eligible), "outside_training_range"),
-    ]
-
-
-def pathway_reasons(
-    frame: pd.DataFrame, spec: ModelSpec
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.object_]]:
-    """Rows refused for their pathway, with a reason each, for models that need one: missing or
-    unknown (as the API refuses them: `missing_pathway`, `invalid_pathway`), or outside the
-    spec's pathways (`outside_population`, as training selects its population)."""
-    if not (spec.cohort.pathways or "pathway" in spec.features.context):
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object)
-    pathway = frame["pathway"]
-    missing = pathway.isna().to_numpy(dtype=bool)
-    known = pathway.isin(PATHWAYS).to_numpy(dtype=bool)
-    outside = known & ~pathway.isin(spec.cohort.pathways or PATHWAYS).to_numpy(dtype=bool)
-    parts = [(missing, "missing_pathway"), (~missing & ~known, "invalid_pathway"),
-             (outside, OUTSIDE_POPULATION)]  # fmt: skip
-    rows = np.concatenate([np.flatnonzero(mask) for mask, _ in parts]).astype(np.int64)
-    labels = np.concatenate(
-        [np.full(int(mask.sum()), f"{code}:pathway", dtype=object) for mask, code in parts]
-    )
-    return rows, labels
-
-
-@contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
-    started = time.perf_counter()
-    yield
-    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
-
-
-def validate_chunk(
-    predictor: TriagePredictor, frame: pd.DataFrame
-) -> tuple[FrameValidation, npt.NDArray[np.int64], npt.NDArray[np.object_]]:
-    """The model's column map, catalogue and eligibility on a wide chunk, and the rows refused
-    for their pathway. The canonical values carry the pathway along (a model input)."""
-    spec = predictor.spec
-    mapped, units = map_columns(frame, spec)
-    checked = validate_frame(
-        mapped, catalogue=spec.catalogue, eligibility=spec.eligibility, units=units
-    )
-    if "pathway" in frame:
-        pathway = frame["pathway"]
-        # A categorical maps its few categories to the model's codes, not every row.
-        categorical = isinstance(pathway.dtype, pd.CategoricalDtype)
-        checked.values["pathway"] = pathway.array if categorical else pathway.to_numpy(object)
-    return checked, *pathway_reasons(frame, spec)
-
-
-def issue_lists(
-    predictor: TriagePredictor,
-    issues: pd.DataFrame,
-    values: pd.DataFrame,
-    eligible: npt.NDArray[np.bool_],
-    refused: tuple[npt.NDArray[np.int64], npt.NDArray[np.object_]],
-) -> tuple[pa.Array, pa.Array, Counter[str], Counter[str]]:
-    """Per row: warning codes (the validation's, then the model's for scored rows) and reasons
-    (`code:field` of each error, and of each pathway refusal); rows per warning code and
-    ineligible rows per error code."""
-    n = len(values)
-    errors = issues["severity"].to_numpy() == "error"
-    positions = issues["row"].to_numpy(np.int64)
-    reason_rows = np.concatenate([positions[errors], refused[0]])
-    reason_labels = np.concatenate(
-        [
-            (issues["code"][errors] + ":" + issues["field"][errors]).to_numpy(dtype=object),
-            refused[1],
-        ]
-    )
-    codes = pd.Categorical(issues["code"][~errors], categories=list(WARNING_CODES)).codes
-    parts = [(positions[~errors], codes.astype(np.int64))]
-    for found, code in _model_warnings(predictor, values, eligible):
-        parts.append((found, np.full(len(found), WARNING_CODES.index(code), dtype=np.int64)))
-    warnings, warning_counts = _code_lists(
-        np.concatenate([r for r, _ in parts]), np.concatenate([c for _, c in parts]), n
-    )
-    reasons, _ = _label_lists(reason_rows, reason_labels, n)
-    return warnings, reasons, warning_counts, _exclusions(reason_rows, reason_labels)
-
-
 def score_chunk(
     predictor: TriagePredictor,
     frame: pd.DataFrame,
@@ -466,37 +355,19 @@ def score_chunk(
     version: str = "",
     scratch: FloatArray | None = None,
 ) -> ScoredChunk:
-    """Validate, score and (optionally) explain one wide chunk; ineligible rows are kept.
-
-    `frame` has the cohort's columns (analytes by catalogue code or by the spec's column map,
-    optional `{code}_unit` columns, age, sex, pathway, ids, index date). Probabilities come from
-    `TriagePredictor.probability` on the eligible rows' `spec_feature_columns` (the columns of
-    `feature_frame`), stacked for the booster, and bands from `band_codes`: exactly what
-    `TriagePredictor.predict` computes, and what `score` computes per record. `scratch` (see
-    `stack_columns`) holds the stacked inputs during the call, so that a pass over many chunks
-    fills one buffer instead of faulting in a new one of tens of MB per chunk.
-    """
+    """Score one wide chunk with `models.scoring.score_frame` (ineligible rows are kept) and lay
+    the result out as rows of the score file. `scratch` is passed on (see `score_frame`)."""
     spec, n = predictor.spec, len(frame)
     timings: dict[str, float] = {}
-    with _timed(timings, "validate"):
-        checked, refused_rows, refused_labels = validate_chunk(predictor, frame)
-        eligible = checked.eligible.copy()
-        eligible[refused_rows] = False
-        rows = np.flatnonzero(eligible).astype(np.int64)
-    with _timed(timings, "predict"):
-        inputs = spec_feature_columns(spec, checked.values, rows)
-        x = stack_columns(inputs, len(rows), scratch)
-        probability = np.full(n, np.nan)
-        probability[rows] = predictor.probability(x)
-        codes = np.full(n, -1, dtype=np.int8)
-        codes[rows] = band_codes(probability[rows], predictor.thresholds)
-        band = pd.Categorical.from_codes(codes, dtype=BAND_TYPE)
+    scored = score_frame(predictor, frame, explain=explain, scratch=scratch, timings=timings)
+    eligible, rows, codes = scored.eligible, scored.rows, scored.band_codes
+    band = pd.Categorical.from_codes(codes, dtype=BAND_TYPE)
     # The columns themselves (no copy), not views of `x`, which the next chunk overwrites.
-    features = pd.DataFrame(inputs, index=checked.values.index[rows], copy=False)
-    with _timed(timings, "assemble"):
-        warnings, reasons, warning_counts, exclusions = issue_lists(
-            predictor, checked.issues, checked.values, eligible, (refused_rows, refused_labels)
-        )
+    features = pd.DataFrame(scored.inputs, index=scored.values.index[rows], copy=False)
+    with timed(timings, "assemble"):
+        warnings, warning_counts = _code_lists(scored.warning_rows, scored.warning_codes, n)
+        reasons, _ = _label_lists(scored.reason_rows, scored.reason_labels, n)
+        exclusions = _exclusions(scored.reason_rows, scored.reason_labels)
         if keys is None:
             keys = {k: key_type(frame[k].dtype) for k in KEY_COLUMNS if k in frame}
         columns: dict[str, pa.Array] = {k: _key_array(frame[k], t) for k, t in keys.items()}
@@ -505,20 +376,27 @@ def score_chunk(
             "model": _text_array(np.zeros(n, dtype=np.int8), [spec.name]),
             "version": _text_array(np.zeros(n, dtype=np.int8), [version]),
             "status": _text_array(eligible.astype(np.int8), [INELIGIBLE, SCORED]),
-            "probability": pa.array(probability, pa.float64(), mask=~eligible),
+            "probability": pa.array(scored.probability, pa.float64(), mask=~eligible),
             "band": _text_array(codes, BANDS),
             "warnings": warnings,
             "reasons": reasons,
         }
-    if explain:
-        with _timed(timings, "explain"):
-            columns |= _explanation_columns(predictor, x, rows, n, eligible)
+        if scored.base is not None and scored.contributions is not None:
+            columns |= _explanation_columns(
+                predictor, scored.base, scored.contributions, rows, eligible
+            )
     schema = scores_schema(predictor, explain=explain, keys=keys)
     return ScoredChunk(
         table=pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema),
-        values=checked.values, features=features, eligible=eligible, probability=probability,
-        band=band, exclusions=exclusions, warnings=warning_counts, timings=timings,
-    )  # fmt: skip
+        values=scored.values,
+        features=features,
+        eligible=eligible,
+        probability=scored.probability,
+        band=band,
+        exclusions=exclusions,
+        warnings=warning_counts,
+        timings=timings,
+    )
 
 
 def _exclusions(rows: npt.NDArray[np.int64], labels: npt.NDArray[np.object_]) -> Counter[str]:
@@ -554,21 +432,21 @@ def _date_array(column: pd.Series) -> pa.Array:
 
 def _explanation_columns(
     predictor: TriagePredictor,
-    x: FloatArray,
+    base: FloatArray,
+    contributions: FloatArray,
     rows: npt.NDArray[np.int64],
-    n: int,
     eligible: npt.NDArray[np.bool_],
 ) -> dict[str, pa.Array]:
-    """`base` and `contrib__{feature}` (calibrated log-odds), null where not scored; `x` holds
-    the model inputs of the eligible rows (`feature_matrix`)."""
-    base, matrix = predictor.explain_matrix(x)
+    """`base` and `contrib__{feature}` (calibrated log-odds), null where not scored; `base` and
+    `contributions` cover the eligible rows (at `rows`)."""
+    n = len(eligible)
     out: dict[str, pa.Array] = {}
     full = np.full(n, np.nan)
     full[rows] = base
     out["base"] = pa.array(full, pa.float64(), mask=~eligible)
     for j, name in enumerate(predictor.feature_names):
         full = np.full(n, np.nan)
-        full[rows] = matrix[:, j]
+        full[rows] = contributions[:, j]
         out[f"{CONTRIBUTION_PREFIX}{name}"] = pa.array(full, pa.float64(), mask=~eligible)
     return out
 

@@ -25,11 +25,11 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 
 from models.calibration import LogitCalibration, expit, logit, prevalence_shift
+from models.frame_validation import validate_frame
 from models.predictor import TriagePredictor, spec_feature_frame
 from models.reference import reference_statistics
 from models.spec import ModelSpec
 from models.triage import Thresholds
-from models.validation import validate_frame
 from training.baseline import SplineLogisticBaseline
 from training.cohort import CohortError, map_columns, read_table
 from training.evaluate import (

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from models.spec import PATHWAYS, SpecError, load_spec, parse_spec, spec_names
-from models.validation import validate_frame
+from models.frame_validation import validate_frame
 from training.cohort import map_columns
 
 LEEDS_MYELOMA_TESTS = {

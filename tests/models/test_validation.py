@@ -10,15 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.analytes import CATALOGUE, Analyte
-from models.validation import (
-    ISSUE_CODES,
-    Eligibility,
-    Issue,
-    _canonical_column,
-    as_objects,
-    validate_frame,
-    validate_record,
-)
+from models.frame_validation import _canonical_column, as_objects, validate_frame
+from models.validation import ISSUE_CODES, Eligibility, Issue, validate_record
 
 FBC = {"haemoglobin": {"value": 140, "unit": "g/L"}, "wbc": 7.0, "platelets": 250}
 REQUIRE_FBC = Eligibility(min_age=40, max_age=100, required_panels=("fbc",))

@@ -299,19 +299,3 @@ def test_spark_and_local_engines_give_identical_scores(
         assert a[part] == b[part], f"the engines agree on {part}"
     auc_a, auc_b = a["evaluation"]["auc"]["estimate"], b["evaluation"]["auc"]["estimate"]
     assert math.isclose(auc_a, auc_b, rel_tol=0, abs_tol=1e-12), "the same evaluation"
-
-
-def test_pathway_refusals_mirror_the_api_and_the_training_population() -> None:
-    from models.spec import load_spec
-    from training.replay import pathway_reasons
-
-    frame = pd.DataFrame({"pathway": ["lower_gi", None, "colonoscopy", "breast"]})
-    rows, labels = pathway_reasons(frame, load_spec("any_cancer"))
-    assert dict(zip(rows.tolist(), labels.tolist(), strict=True)) == {
-        1: "missing_pathway:pathway",
-        2: "invalid_pathway:pathway",
-    }, "any_cancer scores every known pathway and refuses a missing or unknown one"
-    rows, labels = pathway_reasons(frame, load_spec("lower_gi"))
-    assert dict(zip(rows.tolist(), labels.tolist(), strict=True))[3] == (
-        "outside_population:pathway"
-    ), "a pathway model keeps other pathways' rows, labelled outside its population"

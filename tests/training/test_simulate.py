@@ -15,7 +15,7 @@ import pytest
 
 from models.analytes import CATALOGUE, Interval
 from models.spec import PATHWAYS, load_spec
-from models.validation import validate_frame
+from models.frame_validation import validate_frame
 from training.asof import as_of_wide
 from training.simulate import (
     ARTEFACT_FLAGS,

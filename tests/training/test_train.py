@@ -12,6 +12,7 @@ import yaml
 
 from models.calibration import LogitCalibration, logit
 from models.predictor import TriagePredictor
+from models.scoring import score_frame
 from models.spec import load_spec
 from training.evaluate import threshold_metrics
 from training.promote import promote
@@ -209,8 +210,17 @@ def test_registered_model_loads_with_mlflow_pyfunc(any_cancer: TrainResult, tmp_
     inputs = rows[[*any_cancer.spec.features.analytes, "age", "sex", "pathway"]].copy()
     inputs["age"] = inputs["age"].astype(float)
     inputs.loc[0, "haemoglobin"] = 9.8  # implausible in g/L: refused, not scored
+    inputs["pathway"] = inputs["pathway"].astype(object)
+    inputs.loc[1, "pathway"] = "colonoscopy"  # not a pathway: refused, as the API and replay do
     out = model.predict(inputs)
     expected = any_cancer.predictor.predict(rows)["probability"].to_numpy()
-    assert np.array_equal(out["probability"].to_numpy()[1:], expected[1:])
+    assert np.array_equal(out["probability"].to_numpy()[2:], expected[2:])
     assert np.isnan(out["probability"][0]) and out["status"][0] == "out_of_limits"
-    assert set(out["band"][1:]) <= {"green", "amber", "red"}
+    assert np.isnan(out["probability"][1]) and out["status"][1] == "invalid_pathway", (
+        "the pyfunc routes through the frame scorer: an unknown pathway is refused, not scored"
+    )
+    scored = score_frame(any_cancer.predictor, inputs)
+    assert np.array_equal(out["probability"].to_numpy(), scored.probability, equal_nan=True), (
+        "the pyfunc's probabilities are the frame scorer's (replay's) exactly"
+    )
+    assert set(out["band"][2:]) <= {"green", "amber", "red"}
