@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from models.spec import load_spec
+from training.cohorts.simulator import run_simulation
 from training.registry import Tracking, load_predictor
 from training.replay import ReplayOptions, open_cohort, replay, score_chunk
-from training.simulate import run_simulation
 from training.tracking import log_training
 from training.train import TrainOptions, train_model
 

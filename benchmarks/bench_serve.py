@@ -69,9 +69,9 @@ def prepare(work: Path, n: int) -> dict[str, str]:
            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # fmt: skip
     os.environ.update(env)
     from serving.release import release_champions
+    from training.cohorts.simulator import run_simulation
     from training.promote import promote
     from training.registry import Tracking
-    from training.simulate import run_simulation
     from training.tracking import log_training
     from training.train import TrainOptions, train_model
 

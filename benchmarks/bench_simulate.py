@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.simulate import ReferralParams, simulate_referrals, write_cohort
+from training.cohorts.simulator import simulate_referrals, write_cohort
+from training.cohorts.simulator.world import ReferralParams
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from models.spec import load_spec
+from training.cohorts.simulator import run_simulation
 from training.registry import Tracking
-from training.simulate import run_simulation
 from training.tracking import log_training
 from training.train import TrainOptions, train_model
 

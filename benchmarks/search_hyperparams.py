@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from models.spec import ModelSpec, load_spec
-from training.simulate import run_simulation
+from training.cohorts.simulator import run_simulation
 from training.train import TrainOptions, train_model
 
 SHAPES = [  # (num_leaves, max_depth)

@@ -98,9 +98,10 @@ def validate(
 ) -> None:
     """Validate a cohort through the catalogue and print issues by code and field."""
     from models.analytes import CATALOGUE
+    from models.columns import map_columns
     from models.frame_validation import validate_frame
     from models.spec import load_spec
-    from training.cohort import map_columns, read_table
+    from training.cohorts.reader import read_table
 
     frame = read_table(file)
     model_spec = load_spec(spec) if spec else None
@@ -147,7 +148,7 @@ def simulate(
     artefacts: Annotated[bool, typer.Option(help="inject the documented lab artefacts")] = True,
 ) -> None:
     """Simulate a cohort (wide and long Parquet plus a manifest) with known true risks."""
-    from training.simulate import run_simulation
+    from training.cohorts.simulator import run_simulation
 
     manifest = run_simulation(cohort=cohort, n=n, seed=seed, out=out, artefacts=artefacts)
     make_console().print_json(data=manifest)

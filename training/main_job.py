@@ -28,10 +28,10 @@ from serving.examples import EXAMPLE_PATIENT, fhir_bundle
 from serving.release import release_champions
 from serving.reliability import Server
 from training.cli import TELEMETRY_OFF, make_console, use_bentoml_store
-from training.cohort import read_table
+from training.cohorts.reader import read_table
+from training.cohorts.simulator import run_simulation
 from training.promote import promote
 from training.registry import Tracking
-from training.simulate import run_simulation
 from training.tracking import log_training, render
 from training.train import TrainOptions, train_model
 

@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +56,7 @@ from models.scoring import WARNING_CODES, score_frame, timed
 from models.spec import ModelSpec
 from models.triage import BANDS
 from training import drift
-from training.cohort import CohortError
+from training.cohorts.reader import CohortError, CohortSource, open_cohort
 from training.evaluate import auc_ci, paired_auc_difference
 from training.provenance import code_version, files_sha256
 from training.registry import (
@@ -67,7 +67,7 @@ from training.registry import (
     resolve_version,
 )
 from training.report import build_model_card, render_report
-from training.train import evaluate_model, explanation_sample, load_cohort, write_json
+from training.train import evaluate_model, explanation_sample, write_json
 
 FloatArray = npt.NDArray[np.float64]
 Engine = Literal["local", "spark"]
@@ -179,74 +179,6 @@ def pin_model(tracking: Tracking, ref: str, dest: Path, *, num_threads: int = 0)
 
 
 # --- the cohort ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CohortSource:
-    """Where the cohort's rows come from, and how they are read in chunks."""
-
-    path: Path
-    kind: Literal["wide_parquet", "wide_csv", "long"]
-    files: tuple[Path, ...]
-    window_days: int = 90
-
-    def columns(self) -> list[str]:
-        """Column names before the as-of join (for a long cohort: the index events' columns)."""
-        if self.kind == "wide_parquet":
-            return list(pq.read_schema(self.files[0]).names)
-        if self.kind == "wide_csv":
-            return list(pd.read_csv(self.files[0], nrows=0).columns)
-        return list(pq.read_schema(self.files[1]).names)
-
-    def n_rows(self) -> int | None:
-        """Rows (index events), when known without reading the data."""
-        if self.kind == "wide_parquet":
-            return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
-        if self.kind == "long":
-            return int(pq.ParquetFile(self.files[1]).metadata.num_rows)
-        return None
-
-    def digest(self) -> str:
-        """SHA-256 over the files actually read."""
-        return files_sha256(self.files)
-
-    def chunks(self, chunk_rows: int) -> Iterator[pd.DataFrame]:
-        """The cohort as wide frames of at most `chunk_rows` rows, in the cohort's order."""
-        if self.kind == "wide_parquet":
-            for file in self.files:
-                for batch in pq.ParquetFile(file).iter_batches(batch_size=chunk_rows):
-                    yield batch.to_pandas()
-        elif self.kind == "wide_csv":
-            yield from pd.read_csv(self.files[0], chunksize=chunk_rows)
-        else:
-            # The as-of join needs every result of a patient at once: loaded whole (documented).
-            frame = load_cohort(self.path, self.window_days, "long")
-            for start in range(0, len(frame), chunk_rows):
-                yield frame.iloc[start : start + chunk_rows].reset_index(drop=True)
-
-
-def open_cohort(path: Path, window_days: int = 90, source: Source = "auto") -> CohortSource:
-    """A wide Parquet or CSV file, a folder with `*_wide.parquet` or with `*_results.parquet` +
-    `*_index.parquet` (long), or a folder of Parquet parts (one wide table)."""
-    path = Path(path)
-    if not path.exists():
-        raise CohortError(f"{path}: no such file or folder")
-    if path.is_file():
-        if path.suffix == ".parquet":
-            return CohortSource(path, "wide_parquet", (path,), window_days)
-        if path.suffix in {".csv", ".gz"}:
-            return CohortSource(path, "wide_csv", (path,), window_days)
-        raise CohortError(f"{path}: expected a .csv or .parquet file")
-    wide = sorted(path.glob("*_wide.parquet"))
-    results, index = sorted(path.glob("*_results.parquet")), sorted(path.glob("*_index.parquet"))
-    if wide and source != "long":
-        return CohortSource(path, "wide_parquet", (wide[0],), window_days)
-    if results and index and source != "wide":
-        return CohortSource(path, "long", (results[0], index[0]), window_days)
-    parts = sorted(p for p in path.glob("*.parquet") if p.is_file())
-    if parts and source != "long":
-        return CohortSource(path, "wide_parquet", tuple(parts), window_days)
-    raise CohortError(f"{path}: no *_wide.parquet, *_results + *_index.parquet or Parquet parts")
 
 
 def check_columns(columns: Sequence[str], spec: ModelSpec) -> None:

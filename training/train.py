@@ -25,13 +25,14 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 
 from models.calibration import LogitCalibration, expit, logit, prevalence_shift
+from models.columns import map_columns
 from models.frame_validation import validate_frame
 from models.predictor import TriagePredictor, spec_feature_frame
 from models.reference import reference_statistics
 from models.spec import ModelSpec
 from models.triage import Thresholds
 from training.baseline import SplineLogisticBaseline
-from training.cohort import CohortError, map_columns, read_table
+from training.cohorts.reader import CohortError, open_cohort
 from training.evaluate import (
     choose_rule_in_threshold,
     choose_rule_out_threshold,
@@ -39,7 +40,7 @@ from training.evaluate import (
     oracle_summary,
     paired_auc_difference,
 )
-from training.provenance import code_version, files_sha256
+from training.provenance import code_version
 
 PERIODS = ("train", "stop", "calibrate", "evaluate")
 META_COLUMNS = (
@@ -84,30 +85,6 @@ class TrainResult:
 
 
 # --- load and validate ----------------------------------------------------------------------------
-
-
-def load_cohort(
-    path: Path, window_days: int, source: Literal["auto", "wide", "long"] = "auto"
-) -> pd.DataFrame:
-    """A wide cohort: a wide file, or a folder holding a wide table or long results + index.
-
-    Long data goes through the as-of selection: per index event and analyte, the latest result
-    within `window_days` before the index date, never one on or after it.
-    """
-    if path.is_dir():
-        results = sorted(path.glob("*_results.parquet"))
-        index = sorted(path.glob("*_index.parquet"))
-        wide = sorted(path.glob("*_wide.parquet"))
-        if wide and source != "long":
-            return pd.read_parquet(wide[0])
-        if results and index and source != "wide":
-            from training.asof import as_of_wide
-
-            return as_of_wide(
-                pd.read_parquet(results[0]), pd.read_parquet(index[0]), window_days=window_days
-            )
-        raise CohortError(f"{path}: no *_wide.parquet, nor *_results + *_index.parquet inside")
-    return read_table(path)
 
 
 def select_population(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
@@ -299,8 +276,8 @@ def train_model(spec: ModelSpec, options: TrainOptions) -> TrainResult:
     """Build, calibrate and judge one model from a cohort (no tracking: see `log_training`)."""
     started = time.perf_counter()
     seed = spec.seed if options.seed is None else options.seed
-    raw = select_population(load_cohort(options.cohort, options.window_days, options.source), spec)
-    cohort = validate_cohort(raw, spec, files_sha256([options.cohort]))
+    source = open_cohort(options.cohort, options.window_days, options.source)
+    cohort = validate_cohort(select_population(source.read(), spec), spec, source.digest())
     periods = split_periods(cohort.frame, spec)
     y = {k: v[spec.outcome.column].to_numpy(np.int64) for k, v in periods.items()}
 

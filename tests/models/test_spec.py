@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from models.spec import PATHWAYS, SpecError, load_spec, parse_spec, spec_names
+from models.columns import map_columns
 from models.frame_validation import validate_frame
-from training.cohort import map_columns
+from models.spec import PATHWAYS, SpecError, load_spec, parse_spec, spec_names
 
 LEEDS_MYELOMA_TESTS = {
     "albumin", "alp", "alt", "basophils", "calcium_adjusted", "creatinine", "crp", "eosinophils",

@@ -15,9 +15,9 @@ from models.spec import load_spec
 from serving.middleware import current_config
 from serving.release import release_champions
 from serving.reliability import Server
+from training.cohorts.simulator import run_simulation
 from training.promote import promote
 from training.registry import Tracking
-from training.simulate import run_simulation
 from training.tracking import log_training
 from training.train import TrainOptions, TrainResult, train_model
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.asof import as_of_wide
+from training.cohorts.asof import as_of_wide
 
 INDEX = pd.Timestamp("2018-06-15")
 

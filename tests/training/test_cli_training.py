@@ -5,7 +5,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from training.cli import app
-from training.simulate import run_simulation
+from training.cohorts.simulator import run_simulation
 
 runner = CliRunner()
 

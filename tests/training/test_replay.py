@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from models.analytes import Catalogue
 from training.cli import app
+from training.cohorts.simulator import run_simulation
 from training.registry import CHALLENGER, Tracking, load_predictor
 from training.replay import ReplayOptions, ReplayResult, replay
-from training.simulate import run_simulation
 from training.tracking import log_training
 from training.train import TrainOptions, train_model
 

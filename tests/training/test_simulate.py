@@ -14,10 +14,13 @@ import pandas as pd
 import pytest
 
 from models.analytes import CATALOGUE, Interval
-from models.spec import PATHWAYS, load_spec
 from models.frame_validation import validate_frame
-from training.asof import as_of_wide
-from training.simulate import (
+from models.spec import PATHWAYS, load_spec
+from training.cohorts.asof import as_of_wide
+from training.cohorts.simulator import run_simulation, simulate_myeloma, simulate_referrals
+from training.cohorts.simulator.bloods import ckd_epi_2021, reference_limit
+from training.cohorts.simulator.outcomes import fit_intercepts, oracle_auc, term_values
+from training.cohorts.simulator.world import (
     ARTEFACT_FLAGS,
     HAEMOLYSIS_RATE,
     PATHWAY_TABLE,
@@ -27,14 +30,6 @@ from training.simulate import (
     ReferralParams,
     SimulatedCohort,
     Term,
-    ckd_epi_2021,
-    fit_intercepts,
-    oracle_auc,
-    reference_limit,
-    run_simulation,
-    simulate_myeloma,
-    simulate_referrals,
-    term_values,
 )
 
 N_REFERRALS = 30_000

@@ -14,10 +14,10 @@ from models.calibration import LogitCalibration, logit
 from models.predictor import TriagePredictor
 from models.scoring import score_frame
 from models.spec import load_spec
+from training.cohorts.simulator import run_simulation
 from training.evaluate import threshold_metrics
 from training.promote import promote
 from training.registry import CHALLENGER, Tracking, load_predictor
-from training.simulate import run_simulation
 from training.tracking import log_training
 from training.train import TrainOptions, TrainResult, evaluate_model, train_model
 
