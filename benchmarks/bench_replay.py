@@ -34,10 +34,10 @@ import pyarrow.parquet as pq
 
 from models.spec import load_spec
 from training.cohorts.simulator import run_simulation
-from training.registry import Tracking, load_predictor
-from training.replay import ReplayOptions, open_cohort, replay, score_chunk
-from training.tracking import log_training
-from training.train import TrainOptions, train_model
+from training.fit.train import TrainOptions, train_model
+from training.registry.runs import log_training
+from training.registry.store import Tracking, load_predictor
+from training.replay.run import ReplayOptions, open_cohort, replay, score_chunk
 
 TRAIN_ROWS = 100_000
 ROW_GROUP = 250_000

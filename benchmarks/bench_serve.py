@@ -70,10 +70,10 @@ def prepare(work: Path, n: int) -> dict[str, str]:
     os.environ.update(env)
     from serving.release import release_champions
     from training.cohorts.simulator import run_simulation
-    from training.promote import promote
-    from training.registry import Tracking
-    from training.tracking import log_training
-    from training.train import TrainOptions, train_model
+    from training.fit.train import TrainOptions, train_model
+    from training.registry.promote import promote
+    from training.registry.runs import log_training
+    from training.registry.store import Tracking
 
     run_simulation(cohort="referrals", n=n, seed=5, out=work / "cohort")
     tracking = Tracking(work / "var")

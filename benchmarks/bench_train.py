@@ -15,9 +15,9 @@ from pathlib import Path
 
 from models.spec import load_spec
 from training.cohorts.simulator import run_simulation
-from training.registry import Tracking
-from training.tracking import log_training
-from training.train import TrainOptions, train_model
+from training.fit.train import TrainOptions, train_model
+from training.registry.runs import log_training
+from training.registry.store import Tracking
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from models.spec import ModelSpec, load_spec
 from training.cohorts.simulator import run_simulation
-from training.train import TrainOptions, train_model
+from training.fit.train import TrainOptions, train_model
 
 SHAPES = [  # (num_leaves, max_depth)
     (4, 2),

@@ -163,7 +163,7 @@ WorkdirOption = Annotated[
 
 
 def _tracking(workdir: Path):  # type: ignore[no-untyped-def]
-    from training.registry import Tracking
+    from training.registry.store import Tracking
 
     return Tracking(workdir)
 
@@ -189,8 +189,8 @@ def train(
 ) -> None:
     """Train, calibrate, evaluate, log to MLflow and register a model (alias challenger)."""
     from models.spec import load_spec
-    from training.tracking import log_training
-    from training.train import TrainOptions, train_model
+    from training.fit.train import TrainOptions, train_model
+    from training.registry.runs import log_training
 
     if source not in ("auto", "wide", "long"):
         raise typer.BadParameter(f"--source must be auto, wide or long, not {source!r}")
@@ -209,7 +209,7 @@ def train(
     reports = workdir / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     report_path = reports / f"{model_spec.name}-{logged.version or logged.run_id}.html"
-    from training.tracking import render
+    from training.registry.runs import render
 
     report_path.write_text(render(result, logged.run_id)[1])
     _print_training(result, logged, report_path)
@@ -261,7 +261,7 @@ def compare(
 ) -> None:
     """Side-by-side table of registered versions and the champion."""
     from models.spec import load_spec
-    from training.promote import compare as compare_versions
+    from training.registry.promote import compare as compare_versions
 
     frame = compare_versions(_tracking(workdir), load_spec(spec), n_boot=n_boot)
     table = Table(title=f"{spec}: registered versions (evaluation period)")
@@ -298,7 +298,7 @@ def promote(
 ) -> None:
     """Move alias champion to a version when every gate passes; otherwise refuse and say why."""
     from models.spec import load_spec
-    from training.promote import promote as promote_version
+    from training.registry.promote import promote as promote_version
 
     promoted, gates = promote_version(
         _tracking(workdir), load_spec(spec), version, override_reason=override_reason
@@ -327,9 +327,9 @@ def report(
     """Re-render a training run's HTML report from its logged artifacts."""
     import pandas as pd
 
-    from training.registry import read_run_artifact, run_artifact_json
-    from training.report import render_report
-    from training.tracking import comparison_tables
+    from training.evaluation.report import render_report
+    from training.registry.runs import comparison_tables
+    from training.registry.store import read_run_artifact, run_artifact_json
 
     tracking = _tracking(workdir)
     client = tracking.client
@@ -353,7 +353,7 @@ def report(
 @app.command(name="models")
 def list_models(workdir: WorkdirOption = Path("var")) -> None:
     """Registered models with their versions, aliases and evaluation AUC."""
-    from training.promote import aliases_by_version
+    from training.registry.promote import aliases_by_version
 
     tracking = _tracking(workdir)
     client = tracking.client
@@ -471,9 +471,9 @@ def replay(
     """Replay a cohort through pinned model version(s): scores, drift, evaluation, what-if."""
     from rich.progress import Progress
 
-    from training.drift import flagged as flagged_drift
-    from training.replay import ReplayOptions, open_cohort
-    from training.replay import replay as run_replay
+    from training.evaluation.drift import flagged as flagged_drift
+    from training.replay.run import ReplayOptions, open_cohort
+    from training.replay.run import replay as run_replay
 
     if engine not in ("local", "spark") or source not in ("auto", "wide", "long"):
         raise typer.BadParameter(f"--engine local|spark and --source auto|wide|long: {engine}")

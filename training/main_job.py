@@ -30,10 +30,10 @@ from serving.reliability import Server
 from training.cli import TELEMETRY_OFF, make_console, use_bentoml_store
 from training.cohorts.reader import read_table
 from training.cohorts.simulator import run_simulation
-from training.promote import promote
-from training.registry import Tracking
-from training.tracking import log_training, render
-from training.train import TrainOptions, train_model
+from training.fit.train import TrainOptions, train_model
+from training.registry.promote import promote
+from training.registry.runs import log_training, render
+from training.registry.store import Tracking
 
 MODELS = {"any_cancer": "referrals", "lower_gi": "referrals", "myeloma": "myeloma"}
 

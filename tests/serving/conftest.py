@@ -16,10 +16,10 @@ from serving.middleware import current_config
 from serving.release import release_champions
 from serving.reliability import Server
 from training.cohorts.simulator import run_simulation
-from training.promote import promote
-from training.registry import Tracking
-from training.tracking import log_training
-from training.train import TrainOptions, TrainResult, train_model
+from training.fit.train import TrainOptions, TrainResult, train_model
+from training.registry.promote import promote
+from training.registry.runs import log_training
+from training.registry.store import Tracking
 
 
 @dataclass

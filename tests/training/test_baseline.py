@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.baseline import SplineLogisticBaseline, rcs_term
+from training.fit.baseline import SplineLogisticBaseline, rcs_term
 
 
 def test_rcs_term_hand_computed() -> None:

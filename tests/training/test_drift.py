@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import drift
+from training.evaluation import drift
 
 # One feature with edges [10, 20]: bins (<10), [10, 20), (>=20), then missing.
 REFERENCE = {

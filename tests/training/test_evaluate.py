@@ -12,24 +12,26 @@ from scipy.special import expit, logit
 from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 
-from training.evaluate import (
+from training.evaluation.evaluate import (
+    by_period,
+    evaluate_predictions,
+    oracle_summary,
+    subgroup_table,
+)
+from training.evaluation.metrics import (
     auc,
     auc_ci,
     bayes_ppv_npv,
     bootstrap_indices,
     brier,
-    by_period,
     calibration_curve,
     calibration_summary,
     choose_rule_in_threshold,
     choose_rule_out_threshold,
-    evaluate_predictions,
     net_benefit,
     number_needed_to_test,
-    oracle_summary,
     paired_auc_difference,
     roc_points,
-    subgroup_table,
     threshold_metrics,
     wilson_interval,
 )

@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from models.analytes import Catalogue
 from training.cli import app
 from training.cohorts.simulator import run_simulation
-from training.registry import CHALLENGER, Tracking, load_predictor
-from training.replay import ReplayOptions, ReplayResult, replay
-from training.tracking import log_training
-from training.train import TrainOptions, train_model
+from training.fit.train import TrainOptions, train_model
+from training.registry.runs import log_training
+from training.registry.store import CHALLENGER, Tracking, load_predictor
+from training.replay.run import ReplayOptions, ReplayResult, replay
 
 N_REFERRALS = 24_000
 N_BOOT = 20

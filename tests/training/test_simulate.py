@@ -583,7 +583,7 @@ def test_training_pipeline_reaches_the_oracle_on_a_temporal_split(tmp_path: Path
     """Issue 4's acceptance at PinPoint scale, through the real pipeline: `any_cancer` trained
     2011-15, calibrated on 2016 and evaluated on 2017-19 gets within 0.01 AUC of the oracle, a
     calibration slope in [0.9, 1.1], |O/E - 1| <= 0.05, and at least the spline baseline's AUC."""
-    from training.train import TrainOptions, train_model
+    from training.fit.train import TrainOptions, train_model
 
     run_simulation(cohort="referrals", n=370_000, seed=SEED, out=tmp_path)
     result = train_model(load_spec("any_cancer"), TrainOptions(tmp_path, n_boot=50))

@@ -15,11 +15,12 @@ from models.predictor import TriagePredictor
 from models.scoring import score_frame
 from models.spec import load_spec
 from training.cohorts.simulator import run_simulation
-from training.evaluate import threshold_metrics
-from training.promote import promote
-from training.registry import CHALLENGER, Tracking, load_predictor
-from training.tracking import log_training
-from training.train import TrainOptions, TrainResult, evaluate_model, train_model
+from training.evaluation.metrics import threshold_metrics
+from training.evaluation.model import evaluate_model
+from training.fit.train import TrainOptions, TrainResult, train_model
+from training.registry.promote import promote
+from training.registry.runs import log_training
+from training.registry.store import CHALLENGER, Tracking, load_predictor
 
 N_REFERRALS = 24_000
 N_POPULATION = 300_000

@@ -10,6 +10,7 @@ folder (text booster + JSON), with explicit pip requirements and a signature.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
@@ -22,9 +23,10 @@ from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
 import models
 from models.spec import ModelSpec
-from training.registry import CHALLENGER, MODEL_ARTIFACT, Tracking
-from training.report import build_model_card, render_report
-from training.train import TrainResult, scratch_dir, summary_metrics
+from training.evaluation.model import summary_metrics
+from training.evaluation.report import build_model_card, render_report
+from training.fit.train import TrainResult
+from training.registry.store import CHALLENGER, MODEL_ARTIFACT, Tracking
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 MODELS_PACKAGE = Path(models.__file__).parent
@@ -162,6 +164,11 @@ def log_training(result: TrainResult, tracking: Tracking, *, register: bool = Tr
         return LoggedRun(run_id=run_id, model_uri=info.model_uri, version=version)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def scratch_dir() -> Path:
+    """A new temporary folder (the caller removes it)."""
+    return Path(tempfile.mkdtemp(prefix="triage-"))
 
 
 def _params(result: TrainResult) -> dict[str, Any]:

@@ -17,8 +17,9 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
 from models.spec import ModelSpec
-from training.evaluate import net_benefit, paired_auc_difference
-from training.registry import (
+from training.evaluation.metrics import net_benefit
+from training.evaluation.model import pair_predictions
+from training.registry.store import (
     CHAMPION,
     RegistryError,
     Tracking,
@@ -70,19 +71,15 @@ def paired_difference(
     key = next((k for k in KEY if k in candidate.predictions and k in champion.predictions), None)
     if key is None:
         return None
-    joined = candidate.predictions.merge(
-        champion.predictions[[key, "probability"]], on=key, suffixes=("", "_champion")
-    )
-    if joined.empty or joined[outcome].nunique() < 2:
-        return None
-    return paired_auc_difference(
-        joined[outcome].to_numpy(),
-        joined["probability"].to_numpy(),
-        joined["probability_champion"].to_numpy(),
-        joined["patient_id"].to_numpy(),
+    paired = pair_predictions(
+        candidate.predictions,
+        champion.predictions[[key, "probability"]],
+        key=key,
+        outcome=outcome,
         n_boot=n_boot,
         seed=seed,
     )
+    return paired.auc_difference
 
 
 def check_gates(

@@ -20,6 +20,7 @@ import pandas as pd
 
 from models.spec import ModelSpec
 from models.validation import ISSUE_CODES
+from training.json_files import json_safe
 
 PLOT_DPI = 110
 MODEL_LABEL = "LightGBM"
@@ -193,18 +194,6 @@ def _tripod(spec: ModelSpec, data_summary: Mapping[str, Any]) -> list[dict[str, 
     return [{"item": i, "topic": t, "status": s, "where": w} for i, t, s, w in rows]
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
-
-
 def build_model_card(spec: ModelSpec, *, data_summary: Mapping[str, Any]) -> dict[str, Any]:
     """The model card as a JSON-serialisable dict: what the model is for and not for, where its
     data come from, its limitations and a TRIPOD+AI checklist of what the report covers.
@@ -216,8 +205,8 @@ def build_model_card(spec: ModelSpec, *, data_summary: Mapping[str, Any]) -> dic
     return {
         "name": spec.name,
         "title": spec.title,
-        "version": _json_safe(data_summary.get("version")),
-        "run_id": _json_safe(data_summary.get("run_id")),
+        "version": json_safe(data_summary.get("version")),
+        "run_id": json_safe(data_summary.get("run_id")),
         "spec_digest": spec.digest,
         "intended_use": spec.intended_use,
         "population": spec.population,
@@ -256,7 +245,7 @@ def build_model_card(spec: ModelSpec, *, data_summary: Mapping[str, Any]) -> dic
             "warnings_scored": sorted(c for c, (sev, _) in ISSUE_CODES.items() if sev == "warning"),
         },
         "limitations": _limitations(spec, data_summary),
-        "data": _json_safe(dict(data_summary)),
+        "data": json_safe(dict(data_summary)),
         "tripod_ai": _tripod(spec, data_summary),
         "tripod_ai_note": (
             "Manuscript items (title, abstract, introduction, discussion, funding, registration, "

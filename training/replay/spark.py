@@ -43,8 +43,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from models.triage import BANDS
-from training import drift
-from training.replay import (
+from training.evaluation import drift
+from training.replay.run import (
     INELIGIBLE,
     KEY_COLUMNS,
     ROW_ID,

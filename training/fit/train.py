@@ -1,6 +1,6 @@
 """Training: load -> validate -> split -> fit -> calibrate -> thresholds -> evaluate.
 
-Logging and registration follow in `training.tracking`.
+Logging and registration follow in `training.registry.runs`.
 
 `train_model` reads like a table of contents; each step is a named function. Nothing from the
 evaluation period touches fitting, calibration or threshold choice: periods come from the spec's
@@ -9,8 +9,6 @@ dates, and a patient seen in an earlier period is kept out of the later ones.
 
 from __future__ import annotations
 
-import json
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,22 +22,21 @@ import pandas as pd
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 
-from models.calibration import LogitCalibration, expit, logit, prevalence_shift
+from models.calibration import LogitCalibration, prevalence_shift
 from models.columns import map_columns
 from models.frame_validation import validate_frame
 from models.predictor import TriagePredictor, spec_feature_frame
 from models.reference import reference_statistics
 from models.spec import ModelSpec
 from models.triage import Thresholds
-from training.baseline import SplineLogisticBaseline
 from training.cohorts.reader import CohortError, open_cohort
-from training.evaluate import (
+from training.evaluation.metrics import (
     choose_rule_in_threshold,
     choose_rule_out_threshold,
-    evaluate_predictions,
-    oracle_summary,
     paired_auc_difference,
 )
+from training.evaluation.model import evaluate_model, explanation_sample
+from training.fit.baseline import SplineLogisticBaseline
 from training.provenance import code_version
 
 PERIODS = ("train", "stop", "calibrate", "evaluate")
@@ -47,7 +44,6 @@ META_COLUMNS = (
     "patient_id", "referral_id", "index_date", "pathway", "lab", "deprivation", "ethnicity",
     "cancer_site", "true_risk", "duffy_null",
 )  # fmt: skip
-SHAP_SAMPLE_ROWS = 2000
 
 
 @dataclass(frozen=True)
@@ -212,63 +208,6 @@ def choose_thresholds(y_cal: np.ndarray, p_cal: np.ndarray, spec: ModelSpec) -> 
     )
 
 
-# --- evaluate -------------------------------------------------------------------------------------
-
-
-def sample_scale(probability: np.ndarray, calibration: LogitCalibration) -> np.ndarray:
-    """Probabilities on the case-control sample's scale (undo the prevalence shift)."""
-    return expit(logit(probability) - calibration.shift)
-
-
-def evaluate_model(
-    frame: pd.DataFrame, probability: np.ndarray, thresholds: Thresholds,
-    calibration: LogitCalibration, spec: ModelSpec, n_boot: int, seed: int,
-) -> dict[str, Any]:  # fmt: skip
-    """The evaluation-period report. Case-control models are judged on the sample's scale
-    (where outcomes were sampled), with PPV/NPV at the deployment prevalence, and their oracle
-    comparison on the population scale (where true risks live)."""
-    case_control = spec.is_case_control
-    scored = frame.assign(probability=probability)
-    rule_out, rule_in = thresholds.rule_out, thresholds.rule_in
-    if case_control:
-        scored["probability"] = sample_scale(probability, calibration)
-        rule_out, rule_in = (
-            None if t is None else float(sample_scale(np.array([t]), calibration)[0])
-            for t in (rule_out, rule_in)
-        )
-    has_truth = "true_risk" in scored and not case_control
-    evaluation = evaluate_predictions(
-        scored, y_col=spec.outcome.column, p_col="probability", patient_col="patient_id",
-        date_col=spec.split.date_column, true_risk_col="true_risk" if has_truth else None,
-        rule_out=rule_out, rule_in=rule_in, subgroups=spec.subgroups,
-        deployment_prevalence=spec.calibration.deployment_prevalence, n_boot=n_boot, seed=seed,
-    )  # fmt: skip
-    if case_control and "true_risk" in frame:
-        evaluation["oracle"] = oracle_summary(
-            frame[spec.outcome.column].to_numpy(), probability, frame["true_risk"].to_numpy()
-        )
-        evaluation["oracle"]["scale"] = "population (true risks and shifted probabilities)"
-    evaluation["scale"] = "case-control sample" if case_control else "cohort"
-    return evaluation
-
-
-def explanation_sample(
-    predictor: TriagePredictor, frame: pd.DataFrame, seed: int, rows: int = SHAP_SAMPLE_ROWS
-) -> pd.DataFrame:
-    """Calibrated contributions and feature values of a random evaluation sample (for plots)."""
-    sample = frame.sample(n=min(rows, len(frame)), random_state=seed)
-    base, contributions = predictor.explain(sample)
-    values = predictor.feature_frame(sample)
-    return pd.concat(
-        [
-            contributions.add_prefix("contrib__").reset_index(drop=True),
-            values.add_prefix("value__").reset_index(drop=True),
-            pd.DataFrame({"base": base}),
-        ],
-        axis=1,
-    )
-
-
 # --- the orchestrator ----------------------------------------------------------------------------
 
 
@@ -353,40 +292,3 @@ def fit_baseline(
     calibration = calibrate(model, x["calibrate"], y["calibrate"], spec)
     probability = calibration.probability(model.decision_function(x["evaluate"]))
     return model, calibration, probability
-
-
-def summary_metrics(evaluation: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Flat numeric metrics for MLflow (AUC with CI, calibration, thresholds, oracle)."""
-    out: dict[str, float] = {}
-
-    def put(name: str, value: Any) -> None:
-        numeric = isinstance(value, int | float) and not isinstance(value, bool)
-        if numeric and np.isfinite(value):
-            out[f"{prefix}{name}"] = float(value)
-
-    auc = evaluation.get("auc", {})
-    put("auc", auc.get("estimate"))
-    put("auc_low", auc.get("low"))
-    put("auc_high", auc.get("high"))
-    put("brier", evaluation.get("brier"))
-    for key, value in evaluation.get("calibration", {}).items():
-        put(key, value)
-    for band in ("green", "red"):
-        block = evaluation.get("thresholds", {}).get(band) or {}
-        for key in ("sensitivity", "specificity", "ppv", "npv"):
-            put(f"{band}_{key}", (block.get(key) or {}).get("estimate"))
-            put(f"{band}_{key}_low", (block.get(key) or {}).get("low"))
-        put(f"{band}_share", block.get("share_ruled_out", block.get("share_expedited")))
-    for key, value in (evaluation.get("oracle") or {}).items():
-        put(f"oracle_{key}", value)
-    put("net_benefit", evaluation.get("net_benefit_at", {}).get("model"))
-    return out
-
-
-def write_json(path: Path, data: Any) -> Path:
-    path.write_text(json.dumps(data, indent=1, allow_nan=True, default=str))
-    return path
-
-
-def scratch_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="triage-"))

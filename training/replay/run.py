@@ -55,19 +55,20 @@ from models.predictor import META_FILE, TriagePredictor
 from models.scoring import WARNING_CODES, score_frame, timed
 from models.spec import ModelSpec
 from models.triage import BANDS
-from training import drift
 from training.cohorts.reader import CohortError, CohortSource, open_cohort
-from training.evaluate import auc_ci, paired_auc_difference
+from training.evaluation import drift
+from training.evaluation.metrics import auc_ci
+from training.evaluation.model import evaluate_model, explanation_sample, pair_predictions
+from training.evaluation.report import build_model_card, render_report
+from training.json_files import json_safe, write_json
 from training.provenance import code_version, files_sha256
-from training.registry import (
+from training.registry.store import (
     PREDICTOR_SUBDIR,
     Tracking,
     download_model,
     parse_model_ref,
     resolve_version,
 )
-from training.report import build_model_card, render_report
-from training.train import evaluate_model, explanation_sample, write_json
 
 FloatArray = npt.NDArray[np.float64]
 Engine = Literal["local", "spark"]
@@ -799,30 +800,34 @@ def compare_models(
 ) -> dict[str, Any]:
     """Side by side on the rows both models scored: band agreement, and with outcomes the AUC
     of each (patient bootstrap CI), the paired AUC difference A - B and the O/E of each."""
-    paired = a[[ROW_ID, "patient_id", outcome, "probability", "band"]].merge(
-        b[[ROW_ID, "probability", "band"]], on=ROW_ID, suffixes=("_a", "_b")
+    paired = pair_predictions(
+        a[[ROW_ID, "patient_id", outcome, "probability", "band"]],
+        b[[ROW_ID, "probability", "band"]],
+        key=ROW_ID,
+        outcome=outcome,
+        n_boot=n_boot,
+        seed=seed,
     )
+    rows = paired.rows
     cross = pd.crosstab(
-        pd.Categorical(paired["band_a"], categories=list(BANDS)),
-        pd.Categorical(paired["band_b"], categories=list(BANDS)),
+        pd.Categorical(rows["band"], categories=list(BANDS)),
+        pd.Categorical(rows["band_b"], categories=list(BANDS)),
         dropna=False,
     )
     result: dict[str, Any] = {
         "models": list(labels),
-        "paired_rows": len(paired),
-        "band_agreement": float((paired["band_a"] == paired["band_b"]).mean())
-        if len(paired)
-        else math.nan,
+        "paired_rows": len(rows),
+        "band_agreement": float((rows["band"] == rows["band_b"]).mean()) if len(rows) else math.nan,
         "bands": {
             str(r): {str(c): int(cross.loc[r, c]) for c in cross.columns} for r in cross.index
         },
     }
-    known = paired[paired[outcome].notna()]
-    if known.empty or known[outcome].nunique() < 2:
+    if paired.auc_difference is None:
         return result
+    known = paired.known
     y = known[outcome].to_numpy(np.int64)
     groups = known["patient_id"].to_numpy()
-    p_a, p_b = known["probability_a"].to_numpy(), known["probability_b"].to_numpy()
+    p_a, p_b = known["probability"].to_numpy(), known["probability_b"].to_numpy()
     result |= {
         "rows_with_outcome": len(known),
         "events": int(y.sum()),
@@ -830,7 +835,7 @@ def compare_models(
             labels[0]: auc_ci(y, p_a, groups, n_boot=n_boot, seed=seed),
             labels[1]: auc_ci(y, p_b, groups, n_boot=n_boot, seed=seed),
         },
-        "auc_difference": paired_auc_difference(y, p_a, p_b, groups, n_boot=n_boot, seed=seed),
+        "auc_difference": paired.auc_difference,
         "observed_expected": {
             labels[0]: float(y.sum() / p_a.sum()),
             labels[1]: float(y.sum() / p_b.sum()),
@@ -1023,20 +1028,8 @@ def write_report(
     return path
 
 
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = _json_ready(frame.to_dict("records"))
+    records: list[dict[str, Any]] = json_safe(frame.to_dict("records"), nan_as_null=True)
     return records
 
 
@@ -1087,7 +1080,7 @@ def write_outputs(
             ],
             "comparison": comparison,
         }
-        written.append(write_json(out / METRICS_FILE, _json_ready(metrics)))
+        written.append(write_json(out / METRICS_FILE, json_safe(metrics, nan_as_null=True)))
         cancers = pd.concat(
             [o.green_cancers.assign(model=o.pinned.name, version=o.pinned.version)
              for o in outcomes],
@@ -1108,7 +1101,7 @@ def build_manifest(
     timings: Mapping[str, float],
 ) -> dict[str, Any]:
     """What was replayed, with what, and what came out (timings only here, never in Parquet)."""
-    return _json_ready(
+    return json_safe(
         {
             "replay": {
                 "engine": options.engine,
@@ -1143,7 +1136,8 @@ def build_manifest(
             "comparison": comparison,
             "outputs": sorted({p.name for p in outputs}),
             "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
-        }
+        },
+        nan_as_null=True,
     )
 
 
@@ -1189,7 +1183,7 @@ def replay_models(
     seed = _seed(models, options)
     started = time.perf_counter()
     if options.engine == "spark":
-        from training.spark_replay import replay_spark
+        from training.replay.spark import replay_spark
 
         summaries = replay_spark(models, cohort, options, progress)
     else:
