@@ -33,11 +33,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from models.spec import load_spec
+from training.cohorts.reader import open_cohort
 from training.cohorts.simulator import run_simulation
 from training.fit.train import TrainOptions, train_model
 from training.registry.runs import log_training
 from training.registry.store import Tracking, load_predictor
-from training.replay.run import ReplayOptions, open_cohort, replay, score_chunk
+from training.replay.chunks import score_chunk
+from training.replay.options import ReplayOptions
+from training.replay.run import replay
 
 TRAIN_ROWS = 100_000
 ROW_GROUP = 250_000

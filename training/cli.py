@@ -471,8 +471,9 @@ def replay(
     """Replay a cohort through pinned model version(s): scores, drift, evaluation, what-if."""
     from rich.progress import Progress
 
+    from training.cohorts.reader import open_cohort
     from training.evaluation.drift import flagged as flagged_drift
-    from training.replay.run import ReplayOptions, open_cohort
+    from training.replay.options import ReplayOptions
     from training.replay.run import replay as run_replay
 
     if engine not in ("local", "spark") or source not in ("auto", "wide", "long"):

@@ -20,7 +20,9 @@ from training.cohorts.simulator import run_simulation
 from training.fit.train import TrainOptions, train_model
 from training.registry.runs import log_training
 from training.registry.store import CHALLENGER, Tracking, load_predictor
-from training.replay.run import ReplayOptions, ReplayResult, replay
+from training.replay.options import ReplayOptions
+from training.replay.outputs import ReplayResult
+from training.replay.run import replay
 
 N_REFERRALS = 24_000
 N_BOOT = 20

@@ -18,7 +18,7 @@ package, import without it.
   driver for the evaluation (as in the local engine, that frame is what must fit in memory).
 - **Pass 2, per model:** `mapInPandas` counts the drift bins per partition; Spark sums them.
 - **Input.** Wide Parquet is read by Spark directly. A long cohort (as-of join) or a CSV is first
-  turned into a wide Parquet file by the driver (`train.load_cohort`), then read by Spark.
+  turned into a wide Parquet file by the driver (`training.cohorts.reader`), then read by Spark.
 - **Paths.** Cohort and output are `file://` paths: on a cluster they must sit on storage mounted
   at the same path on the driver and the executors (NFS, a FUSE-mounted lake such as /dbfs).
 """
@@ -43,24 +43,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from models.triage import BANDS
+from training.cohorts.reader import CohortSource
 from training.evaluation import drift
-from training.replay.run import (
+from training.evaluation.model import EXPLAINED_SAMPLE_ROWS
+from training.replay.chunks import (
     INELIGIBLE,
     KEY_COLUMNS,
-    ROW_ID,
-    SAMPLE_ROWS,
     SCORED,
-    CohortSource,
-    PassSummary,
-    ProgressCallback,
-    ReplayModel,
-    ReplayOptions,
-    evaluation_columns,
     key_type,
-    lab_labels,
     score_chunk,
-    scores_path,
     scores_schema,
+)
+from training.replay.local import scores_path
+from training.replay.options import ProgressCallback, ReplayModel, ReplayOptions, replay_seed
+from training.replay.summaries import (
+    ROW_ID,
+    PassSummary,
+    evaluation_columns,
+    lab_labels,
     subgroup_columns,
 )
 
@@ -263,7 +263,7 @@ def _ship(spark: SparkSession, model: ReplayModel, scratch: Path) -> str:
 
 
 def _tally(result: DataFrame, outcome_column: str) -> pd.DataFrame:
-    """Rows by period, status, band and outcome (the layout of `replay.tally_rows`)."""
+    """Rows by period, status, band and outcome (the layout of `summaries.tally_rows`)."""
     outcome = f"{EXTRA_PREFIX}{outcome_column}"
     grouped = result.groupBy(f"{EXTRA_PREFIX}period", "status", "band", outcome).count().toPandas()
     frame = pd.DataFrame(
@@ -291,7 +291,7 @@ def _code_counts(result: DataFrame, column: str, status: str | None = None) -> C
 def _evaluation_frame(
     result: DataFrame, model: ReplayModel, keys: Sequence[str], text: Sequence[str]
 ) -> pd.DataFrame:
-    """The scored rows' slim evaluation frame, in the layout of `replay.evaluation_rows`."""
+    """The scored rows' slim evaluation frame, in the layout of `summaries.evaluation_rows`."""
     from pyspark.sql import functions as sf
 
     spec = model.predictor.spec
@@ -309,13 +309,14 @@ def _evaluation_frame(
 
 
 def _sample(spark_input: DataFrame, model: ReplayModel, rows: int, seed: int) -> pd.DataFrame:
-    """Canonical values of up to SAMPLE_ROWS scored rows (for the report's SHAP plot)."""
-    fraction = min(1.0, 4 * SAMPLE_ROWS / max(rows, 1))
-    batch = spark_input.sample(fraction=fraction, seed=seed).limit(4 * SAMPLE_ROWS).toPandas()
+    """Canonical values of some scored rows (up to the report's sample size, for its SHAP plot)."""
+    size = EXPLAINED_SAMPLE_ROWS
+    fraction = min(1.0, 4 * size / max(rows, 1))
+    batch = spark_input.sample(fraction=fraction, seed=seed).limit(4 * size).toPandas()
     if batch.empty:
         return pd.DataFrame()
     scored = score_chunk(model.predictor, batch)
-    return scored.values.iloc[np.flatnonzero(scored.eligible)[:SAMPLE_ROWS]].reset_index(drop=True)
+    return scored.values.iloc[np.flatnonzero(scored.eligible)[:size]].reset_index(drop=True)
 
 
 def replay_spark(
@@ -330,7 +331,7 @@ def replay_spark(
     from pyspark.sql import functions as sf
 
     paths = scores_path(options.out, models)
-    seed = options.seed if options.seed is not None else models[0].predictor.spec.seed
+    seed = replay_seed(models, options)
     summaries = []
     with (
         tempfile.TemporaryDirectory(prefix="triage-spark-") as scratch_name,
