@@ -412,6 +412,24 @@ def api(workdir: Path) -> dict[str, Any]:
     return out
 
 
+def report_text(html: str) -> str:
+    """A report's text: images (the SHAP sample is not seeded), run ids, clock times and the
+    scratch folder removed."""
+    text = re.sub(r'src="data:image/png;base64,[^"]*"', "IMG", html).replace(ROOT[0], "ROOT")
+    text = re.sub(r"\b[0-9a-f]{32}\b", "RUN_ID", CODE_VERSION.sub("CODE_VERSION", text))
+    text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", "TIME", text)
+    return re.sub(r"(train_seconds\D{0,30}?)[\d.]+", r"\1SECONDS", text)
+
+
+def reports(root: Path) -> dict[str, str]:
+    """Digests of every HTML report's text (training reports and replay reports)."""
+    return {
+        str(path.relative_to(root)): digest(report_text(path.read_text()))
+        for path in sorted(root.rglob("*.html"))
+        if "golden-downloads" not in path.parts and "mlartifacts" not in path.parts
+    }
+
+
 def snapshot(root: Path) -> dict[str, Any]:
     """Run the whole pipeline under `root` and return what it produced."""
     workdir = root / "var"
@@ -422,6 +440,7 @@ def snapshot(root: Path) -> dict[str, Any]:
     result["replay"] = replays(root, work)
     result["pyfunc"] = pyfunc(root, workdir)
     result["api"] = api(workdir)
+    result["reports"] = reports(root)
     return result
 
 
