@@ -14,9 +14,10 @@ import pytest
 
 from models.spec import load_spec
 from tests.training.test_evaluate import synthetic_predictions
+from training.evaluation.card import build_model_card
 from training.evaluation.evaluate import evaluate_predictions
 from training.evaluation.metrics import choose_rule_in_threshold, choose_rule_out_threshold
-from training.evaluation.report import SECTIONS, build_model_card, render_report
+from training.evaluation.report import SECTIONS, render_report
 
 SUBGROUPS = ("sex", "age_band", "deprivation", "ethnicity")
 FEATURES = ("haemoglobin", "platelets", "crp", "age", "sex")

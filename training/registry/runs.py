@@ -23,8 +23,9 @@ from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
 import models
 from models.spec import ModelSpec
+from training.evaluation.card import build_model_card
 from training.evaluation.model import summary_metrics
-from training.evaluation.report import build_model_card, render_report
+from training.evaluation.report import render_report
 from training.fit.train import TrainResult
 from training.registry.store import CHALLENGER, MODEL_ARTIFACT, Tracking
 

@@ -16,8 +16,9 @@ import pandas as pd
 from models.spec import ModelSpec
 from models.triage import BANDS
 from training.evaluation import drift
+from training.evaluation.card import build_model_card
 from training.evaluation.model import explanation_sample
-from training.evaluation.report import build_model_card, render_report
+from training.evaluation.report import render_report
 from training.json_files import json_safe, write_json
 from training.provenance import code_version, files_sha256
 from training.replay.chunks import INELIGIBLE, SCORED
