@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from training.console import make_console, no_telemetry, use_bentoml_store
 
 app = typer.Typer(
     help="Cancer early-diagnosis triage models: catalogue, cohorts, training, serving, replay.",
@@ -18,24 +19,10 @@ app = typer.Typer(
 )
 
 
-TELEMETRY_OFF = {
-    "BENTOML_DO_NOT_TRACK": "true",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "1",
-}
-
-
 @app.callback()
 def main() -> None:
     """Cancer early-diagnosis triage models: catalogue, cohorts, training, serving, replay."""
-    for name, value in TELEMETRY_OFF.items():  # no usage reports leave the machine
-        os.environ.setdefault(name, value)
-
-
-def make_console() -> Console:
-    """A console as wide as the terminal, or 200 columns when piped (tables stay readable)."""
-    probe = Console()
-    return probe if probe.is_terminal else Console(width=200)
+    no_telemetry()  # no usage reports leave the machine
 
 
 @app.command()
@@ -189,30 +176,22 @@ def train(
 ) -> None:
     """Train, calibrate, evaluate, log to MLflow and register a model (alias challenger)."""
     from models.spec import load_spec
-    from training.fit.train import TrainOptions, train_model
-    from training.registry.runs import log_training
+    from training.fit.train import TrainOptions
+    from training.registry.runs import train_and_register
 
     if source not in ("auto", "wide", "long"):
         raise typer.BadParameter(f"--source must be auto, wide or long, not {source!r}")
-    model_spec = load_spec(spec)
-    result = train_model(
-        model_spec,
-        TrainOptions(
-            cohort=cohort,
-            window_days=window_days,
-            source=cast(Literal["auto", "wide", "long"], source),
-            n_boot=n_boot,
-            seed=seed,
-        ),
+    options = TrainOptions(
+        cohort=cohort,
+        window_days=window_days,
+        source=cast(Literal["auto", "wide", "long"], source),
+        n_boot=n_boot,
+        seed=seed,
     )
-    logged = log_training(result, _tracking(workdir), register=register)
-    reports = workdir / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    report_path = reports / f"{model_spec.name}-{logged.version or logged.run_id}.html"
-    from training.registry.runs import render
-
-    report_path.write_text(render(result, logged.run_id)[1])
-    _print_training(result, logged, report_path)
+    trained = train_and_register(
+        load_spec(spec), options, _tracking(workdir), workdir / "reports", register=register
+    )
+    _print_training(trained.result, trained.logged, trained.report)
 
 
 def _print_training(result, logged, report_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -369,13 +348,6 @@ def list_models(workdir: WorkdirOption = Path("var")) -> None:
             table.add_row(model.name, str(mv.version), names, mv.tags.get("auc", "-"),
                           mv.tags.get("validation_status", "-"), mv.run_id or "-")  # fmt: skip
     make_console().print(table)
-
-
-def use_bentoml_store(workdir: Path) -> Path:
-    """Point BentoML's model store at the work folder (before bentoml is imported)."""
-    home = Path(os.environ.setdefault("BENTOML_HOME", str((workdir / "bentoml").resolve())))
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return home
 
 
 @app.command()

@@ -1,9 +1,11 @@
 """The main job on embedded defaults (`make run`): simulate, train, promote, release, serve.
 
-1. simulate a referral cohort and a primary-care myeloma cohort (seeded);
+    python -m training.main_job [--workdir var] [--no-serve] [--referrals N] [--population N]
+
+1. simulate a referral cohort and a primary-care myeloma cohort (seeded; reused when present);
 2. validate them through the analyte catalogue and print the issues found;
-3. train `any_cancer`, `lower_gi` and `myeloma`, log them to MLflow (SQLite under the work folder)
-   and register each as `challenger`;
+3. train `any_cancer`, `lower_gi` and `myeloma`, log them to MLflow (SQLite under the work folder),
+   register each as `challenger` and write its report;
 4. promote each to `champion` when its gates pass and release the champions to BentoML;
 5. start the server on 127.0.0.1, send one example JSON and one FHIR request, print ready-to-paste
    requests, and keep serving until Ctrl-C (`--no-serve` stops after step 4).
@@ -11,31 +13,63 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
 import httpx
+import typer
+from rich.console import Console
 from rich.table import Table
 
 from models.frame_validation import validate_frame
 from models.spec import load_spec
 from serving.examples import EXAMPLE_PATIENT, fhir_bundle
 from serving.release import release_champions
-from serving.reliability import Server
-from training.cli import TELEMETRY_OFF, make_console, use_bentoml_store
+from serving.server import Server
 from training.cohorts.reader import read_table
 from training.cohorts.simulator import run_simulation
-from training.fit.train import TrainOptions, train_model
-from training.registry.promote import promote
-from training.registry.runs import log_training, render
+from training.console import make_console, no_telemetry, use_bentoml_store
+from training.fit.train import TrainOptions
+from training.registry.promote import Gate, promote
+from training.registry.runs import Trained, train_and_register
 from training.registry.store import Tracking
 
 MODELS = {"any_cancer": "referrals", "lower_gi": "referrals", "myeloma": "myeloma"}
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def main(
+    workdir: Annotated[Path, typer.Option(help="work folder (git-ignored)")] = Path("var"),
+    referrals: Annotated[int, typer.Option(help="simulated referrals")] = 100_000,
+    # 4M people give ~2,400 myeloma cases: enough for stable thresholds in a temporal split.
+    population: Annotated[int, typer.Option(help="simulated myeloma population")] = 4_000_000,
+    seed: Annotated[int, typer.Option(help="simulation seed")] = 7,
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for CIs")] = 200,
+    port: Annotated[int, typer.Option(help="port to serve on (127.0.0.1)")] = 3000,
+    serve: Annotated[bool, typer.Option(help="serve after the release (--no-serve: stop)")] = True,
+) -> None:
+    """Simulate, validate, train, promote, release and serve on embedded defaults."""
+    no_telemetry()
+    use_bentoml_store(workdir)
+    console = make_console()
+    started = time.perf_counter()
+    folders = simulate_cohorts(workdir, referrals, population, seed)
+    console.print(validation_table(folders))
+    tracking = Tracking(workdir)
+    outcomes = {
+        name: train_and_promote(name, folders, tracking, workdir, n_boot) for name in MODELS
+    }
+    console.print(summary_table(outcomes))
+    release(tracking, workdir, console)
+    console.print(f"set up in {time.perf_counter() - started:.0f} s")
+    if serve:
+        serve_and_show(workdir, port, console)
 
 
 def simulate_cohorts(workdir: Path, referrals: int, population: int, seed: int) -> dict[str, Path]:
@@ -49,7 +83,8 @@ def simulate_cohorts(workdir: Path, referrals: int, population: int, seed: int) 
     return folders
 
 
-def validation_table(folders: dict[str, Path]) -> Table:
+def validation_table(folders: Mapping[str, Path]) -> Table:
+    """The catalogue's issues in each simulated wide table, most frequent first."""
     table = Table(title="Catalogue validation of the simulated cohorts (wide tables)")
     for column in ("cohort", "rows", "severity", "code", "field", "count"):
         table.add_column(column)
@@ -59,68 +94,61 @@ def validation_table(folders: dict[str, Path]) -> Table:
         if summary.empty:
             table.add_row(cohort, f"{len(frame):,}", "-", "no issues", "-", "0")
         for row in summary.head(6).to_dict("records"):
-            table.add_row(cohort, f"{len(frame):,}", str(row["severity"]), str(row["code"]),
-                          str(row["field"]), f"{row['count']:,}")  # fmt: skip
+            table.add_row(
+                cohort,
+                f"{len(frame):,}",
+                str(row["severity"]),
+                str(row["code"]),
+                str(row["field"]),
+                f"{row['count']:,}",
+            )
     return table
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workdir", type=Path, default=Path("var"))
-    parser.add_argument("--referrals", type=int, default=100_000)
-    # 4M people give ~2,400 myeloma cases: enough for stable thresholds in a temporal split.
-    parser.add_argument("--population", type=int, default=4_000_000)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--n-boot", type=int, default=200)
-    parser.add_argument("--port", type=int, default=3000)
-    parser.add_argument("--no-serve", action="store_true", help="stop after the release")
-    args = parser.parse_args()
-    for name, value in TELEMETRY_OFF.items():  # no usage reports leave the machine
-        os.environ.setdefault(name, value)
-    use_bentoml_store(args.workdir)
-    console = make_console()
-    started = time.perf_counter()
-    folders = simulate_cohorts(args.workdir, args.referrals, args.population, args.seed)
-    console.print(validation_table(folders))
-    tracking = Tracking(args.workdir)
-    summary = Table(title="Trained and registered (evaluation period)")
+def train_and_promote(
+    name: str, folders: Mapping[str, Path], tracking: Tracking, workdir: Path, n_boot: int
+) -> tuple[Trained, bool, list[Gate]]:
+    """Train one model on its cohort, register it, and promote it when its gates pass."""
+    spec = load_spec(name)
+    options = TrainOptions(cohort=folders[MODELS[name]], n_boot=n_boot)
+    trained = train_and_register(spec, options, tracking, workdir / "reports")
+    promoted, gates = promote(tracking, spec, str(trained.logged.version))
+    return trained, promoted, gates
+
+
+def summary_table(outcomes: Mapping[str, tuple[Trained, bool, list[Gate]]]) -> Table:
+    """One row per model: version, evaluation-period AUC, calibration, champion or why not."""
+    table = Table(title="Trained and registered (evaluation period)")
     for column in ("model", "version", "AUC [95% CI]", "oracle AUC", "slope", "O/E", "champion"):
-        summary.add_column(column)
-    for name, cohort in MODELS.items():
-        spec = load_spec(name)
-        console.print(f"training {name} ...")
-        result = train_model(spec, TrainOptions(cohort=folders[cohort], n_boot=args.n_boot))
-        logged = log_training(result, tracking)
-        report = args.workdir / "reports" / f"{name}-v{logged.version}.html"
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(render(result, logged.run_id)[1])
-        promoted, gates = promote(tracking, spec, str(logged.version))
-        ev = result.evaluation
+        table.add_column(column)
+    for name, (trained, promoted, gates) in outcomes.items():
+        ev = trained.result.evaluation
         auc = ev["auc"]
         failed = ", ".join(g.name for g in gates if not g.passed)
-        summary.add_row(
+        table.add_row(
             name,
-            str(logged.version),
+            str(trained.logged.version),
             f"{auc['estimate']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]",
             f"{ev['oracle']['oracle_auc']:.3f}" if ev.get("oracle") else "-",
             f"{ev['calibration']['slope']:.3f}",
             f"{ev['calibration']['observed_expected']:.3f}",
             "yes" if promoted else f"no ({failed})",
         )
-    console.print(summary)
+    return table
+
+
+def release(tracking: Tracking, workdir: Path, console: Console) -> None:
+    """Copy the champions into BentoML's store; say where the reports and the MLflow UI are."""
     released = release_champions(tracking.uri)
     console.print(f"released to BentoML: {released['tag']}")
-    console.print(f"reports: {args.workdir / 'reports'}")
+    console.print(f"reports: {workdir / 'reports'}")
     console.print(
         f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {tracking.uri} "
         "--host 127.0.0.1 --port 5000"
     )
-    console.print(f"set up in {time.perf_counter() - started:.0f} s")
-    if not args.no_serve:
-        serve_and_show(args.workdir, args.port, console)
 
 
-def serve_and_show(workdir: Path, port: int, console: Any) -> None:
+def serve_and_show(workdir: Path, port: int, console: Console) -> None:
     """Start the server, show one real JSON and FHIR exchange, then serve until Ctrl-C."""
     examples = workdir / "examples"
     examples.mkdir(parents=True, exist_ok=True)
@@ -135,8 +163,9 @@ def serve_and_show(workdir: Path, port: int, console: Any) -> None:
     try:
         server.start(timeout=120)
         score = httpx.post(f"{url}/v1/score", json=EXAMPLE_PATIENT, timeout=10).json()
-        fhir = httpx.post(f"{url}/v1/fhir/score", json=fhir_bundle(),
-                          params={"model": "lower_gi"}, timeout=10).json()  # fmt: skip
+        fhir = httpx.post(
+            f"{url}/v1/fhir/score", json=fhir_bundle(), params={"model": "lower_gi"}, timeout=10
+        ).json()
         console.print_json(data={"request": EXAMPLE_PATIENT, "response": score})
         console.print_json(data={"fhir_response": fhir})
         console.print(f"""
@@ -159,4 +188,4 @@ def _stop(signum: int, frame: object) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -26,7 +26,7 @@ from models.spec import ModelSpec
 from training.evaluation.card import build_model_card
 from training.evaluation.model import summary_metrics
 from training.evaluation.report import render_report
-from training.fit.train import TrainResult
+from training.fit.train import TrainOptions, TrainResult, train_model
 from training.registry.store import CHALLENGER, MODEL_ARTIFACT, Tracking
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
@@ -39,6 +39,16 @@ class LoggedRun:
     run_id: str
     model_uri: str
     version: str | None
+    report: str = ""  # the HTML report logged with the run
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A model trained, logged (and registered), with its report written to a file."""
+
+    result: TrainResult
+    logged: LoggedRun
+    report: Path
 
 
 def pip_requirements() -> list[str]:
@@ -162,7 +172,7 @@ def log_training(result: TrainResult, tracking: Tracking, *, register: bool = Tr
                 "validation_status": "candidate",
             }.items():
                 client.set_model_version_tag(spec.name, version, key, value)
-        return LoggedRun(run_id=run_id, model_uri=info.model_uri, version=version)
+        return LoggedRun(run_id=run_id, model_uri=info.model_uri, version=version, report=html)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -170,6 +180,24 @@ def log_training(result: TrainResult, tracking: Tracking, *, register: bool = Tr
 def scratch_dir() -> Path:
     """A new temporary folder (the caller removes it)."""
     return Path(tempfile.mkdtemp(prefix="triage-"))
+
+
+def train_and_register(
+    spec: ModelSpec,
+    options: TrainOptions,
+    tracking: Tracking,
+    reports: Path,
+    *,
+    register: bool = True,
+) -> Trained:
+    """Train (`train_model`), log the run to MLflow and register it as `challenger` (when
+    asked), and write its HTML report to `reports/{name}-{version or run id}.html`."""
+    result = train_model(spec, options)
+    logged = log_training(result, tracking, register=register)
+    reports.mkdir(parents=True, exist_ok=True)
+    report = reports / f"{spec.name}-{logged.version or logged.run_id}.html"
+    report.write_text(logged.report)
+    return Trained(result, logged, report)
 
 
 def _params(result: TrainResult) -> dict[str, Any]:
