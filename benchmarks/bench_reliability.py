@@ -14,7 +14,7 @@ import platform
 import tempfile
 from pathlib import Path
 
-from serving.reliability import crash_drill, drill_env, load_drill
+from drills import crash_drill, drill_env, load_drill
 
 API_KEY = "reliability-drill-key"
 

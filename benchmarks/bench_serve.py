@@ -6,7 +6,7 @@ temporary work folder, starts `bentoml serve` (one worker per core) and prints:
 - sequential single-patient score + explain latency, p50 and p99 (ms);
 - throughput with explanations at 8 concurrent clients (requests/s), and errors;
 - in the same run, `mlflow models serve` predict-only latency for the same champion (p50, p99).
-Both servers are measured with the same raw-socket keep-alive client (`serving.reliability`), so
+Both servers are measured with the same raw-socket keep-alive client (`benchmarks/drills.py`), so
 the figures are the servers' and not an HTTP library's. Every loop is bounded in count and time;
 all traffic stays on 127.0.0.1; the servers this script starts are stopped by PID.
 Run: `.venv/bin/python benchmarks/bench_serve.py [--requests 1000] [--seconds 20]`.
@@ -25,17 +25,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from drills import RawHttp, http_request, saturate, worker_rss_mb
 
 from models.spec import load_spec
 from serving.examples import EXAMPLE_PATIENT
-from serving.reliability import (
-    RawHttp,
-    Server,
-    free_port,
-    http_request,
-    saturate,
-    wait_until_ok,
-)
+from serving.server import Server, free_port, wait_until_ok
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -113,7 +107,7 @@ def main() -> None:
             timings = sequential(server.port, request, args.requests, args.seconds)
             p50, p99 = percentiles(timings)
             done, errors = asyncio.run(saturate(server.port, request, 8, args.seconds))
-            rss = sorted(server.worker_rss_mb().values())
+            rss = sorted(worker_rss_mb(server).values())
         finally:
             server.stop()
         print(f"triage API startup to ready: {ready:.2f} s")

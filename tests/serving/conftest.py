@@ -14,7 +14,7 @@ import pytest
 from models.spec import load_spec
 from serving.middleware import current_config
 from serving.release import release_champions
-from serving.reliability import Server
+from serving.server import Server
 from training.cohorts.simulator import run_simulation
 from training.fit.train import TrainOptions, TrainResult, train_model
 from training.registry.promote import promote

@@ -13,7 +13,7 @@ import pytest
 
 from models.predictor import ArtifactError
 from serving.release import BUNDLE_NAME, load_release
-from serving.reliability import Server, free_port
+from serving.server import Server, free_port
 from tests.serving.conftest import LOG_DIR, Released
 
 

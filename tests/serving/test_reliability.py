@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.reliability import crash_drill, drill_env, load_drill
+from benchmarks.drills import crash_drill, drill_env, load_drill
 from tests.serving.conftest import LOG_DIR, Released
 
 KEY = "drill-key-for-tests"

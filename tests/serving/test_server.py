@@ -7,10 +7,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from benchmarks.drills import RawHttp, http_request
 from serving.audit import AuditStore
 from serving.config import ServingConfig
 from serving.examples import EXAMPLE_PATIENT, fhir_bundle
-from serving.reliability import RawHttp, http_request
 from tests.serving.conftest import API_KEY, Released
 
 
