@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from models.spec import load_spec
-from tests.training.test_evaluate import synthetic_predictions
+from tests.training.evaluation.test_evaluate import synthetic_predictions
 from training.evaluation.card import build_model_card
 from training.evaluation.evaluate import evaluate_predictions
 from training.evaluation.metrics import choose_rule_in_threshold, choose_rule_out_threshold
