@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## The main job on embedded defaults: simulate cohorts, validate them through the catalogue.
+## The main job on embedded defaults: simulate, validate, train, promote, release and serve.
 run: $(STAMP)
 	$(BIN)/python -m training.main_job --workdir $(VAR)
 

@@ -2,9 +2,11 @@
 
 The folder holds the LightGBM booster as text (`booster.txt`) and everything else as JSON
 (`predictor.json`: spec, feature order, calibration, thresholds, catalogue version, training
-reference statistics, provenance, and the booster's SHA-256). Nothing is pickled. Serving, replay
-and evaluation all call `predict` / `explain` / `score` on this object, which is what makes their
-outputs identical.
+reference statistics, provenance, and the booster's SHA-256). Nothing is pickled. The API scores
+one record with `score`; replay and the pyfunc score frames with `models.scoring.score_frame`, which
+calls this object's `probability` / `explain_matrix` with the same validation rules, routing and
+model warnings; training and evaluation call `predict` / `explain`. One booster call underneath
+all of them is what makes their outputs identical.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Routes live in a FastAPI app mounted at /v1 (so the OpenAPI document at /docs.js
 status code); BentoML adds /livez, /readyz, /metrics and /docs.json. Each worker loads the champion
 predictors from the `triage-champions` model in the BentoML store (text boosters + JSON, verified
 by checksum), with one LightGBM thread. Every score is written to the audit trail before the
-response leaves. Thresholds, bands and wording come from the predictor, never from here.
+response leaves. Thresholds, bands and wording come from the predictor, and which model answers
+from `models.routing`, never from here.
 """
 
 from __future__ import annotations

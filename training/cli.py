@@ -1,4 +1,6 @@
-"""The `triage` command line: one typer command per workload, each a thin shell over a function."""
+"""The `triage` command line: one typer command per workload, each parsing its options, calling
+the wing that does the work (cohorts, fit, evaluation, registry, replay, serving) and printing
+what it returned."""
 
 from __future__ import annotations
 

@@ -430,11 +430,37 @@ def reports(root: Path) -> dict[str, str]:
     }
 
 
+NUMERIC_PACKAGES = ("numpy", "scipy", "scikit-learn", "lightgbm", "pandas", "pyarrow", "shap")
+CPU_FLAGS = ("avx2", "fma", "avx512f")
+
+
+def environment() -> dict[str, Any]:
+    """What decides the last bits of the numbers: the numeric libraries' versions and the CPU
+    features their kernels dispatch on (numpy's exp/log and OpenBLAS pick AVX-512 code where
+    the CPU has it). The recording is compared exactly only where these are the same."""
+    import platform
+    from importlib.metadata import version
+
+    flags: set[str] = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS},
+        "packages": {name: version(name) for name in NUMERIC_PACKAGES},
+    }
+
+
 def snapshot(root: Path) -> dict[str, Any]:
     """Run the whole pipeline under `root` and return what it produced."""
     workdir = root / "var"
     work = ["--workdir", str(workdir)]
-    result: dict[str, Any] = {"cohorts": cohorts(root)}
+    result: dict[str, Any] = {"environment": environment(), "cohorts": cohorts(root)}
     result["training"] = train_and_register(root, work)
     run_cli(["release", *work])
     result["replay"] = replays(root, work)
