@@ -7,12 +7,15 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import typer
 from rich.table import Table
 
 from training.console import make_console, no_telemetry, use_bentoml_store
+
+if TYPE_CHECKING:
+    from training.cohorts.reader import Source
 
 app = typer.Typer(
     help="Cancer early-diagnosis triage models: catalogue, cohorts, training, serving, replay.",
@@ -186,7 +189,7 @@ def train(
     options = TrainOptions(
         cohort=cohort,
         window_days=window_days,
-        source=cast(Literal["auto", "wide", "long"], source),
+        source=cast("Source", source),
         n_boot=n_boot,
         seed=seed,
     )
@@ -458,7 +461,7 @@ def replay(
         cohort=cohort,
         out=out,
         window_days=window,
-        source=cast(Literal["auto", "wide", "long"], source),
+        source=cast("Source", source),
         explain=explain,
         engine=cast(Literal["local", "spark"], engine),
         chunk_rows=chunk_rows,

@@ -29,7 +29,7 @@ from models.predictor import TriagePredictor, spec_feature_frame
 from models.reference import reference_statistics
 from models.spec import ModelSpec
 from models.triage import Thresholds
-from training.cohorts.reader import CohortError, open_cohort
+from training.cohorts.reader import CohortError, Source, open_cohort
 from training.evaluation.metrics import (
     choose_rule_in_threshold,
     choose_rule_out_threshold,
@@ -50,7 +50,7 @@ META_COLUMNS = (
 class TrainOptions:
     cohort: Path
     window_days: int = 90
-    source: Literal["auto", "wide", "long"] = "auto"  # for a folder holding both formats
+    source: Source = "auto"  # for a folder holding both formats
     n_boot: int = 200
     seed: int | None = None  # None: the spec's seed
     num_threads: int = 0  # 0: all cores, for fitting and batch prediction

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from models.predictor import META_FILE, TriagePredictor
 from models.spec import ModelSpec
-from training.cohorts.reader import CohortError
+from training.cohorts.reader import CohortError, Source
 from training.registry.store import (
     PREDICTOR_SUBDIR,
     Tracking,
@@ -27,7 +27,6 @@ from training.registry.store import (
 
 FloatArray = npt.NDArray[np.float64]
 Engine = Literal["local", "spark"]
-Source = Literal["auto", "wide", "long"]
 ProgressCallback = Callable[[int], None]
 DEFAULT_CHUNK_ROWS = 200_000
 
