@@ -50,7 +50,6 @@ class FrameScores:
     eligible: npt.NDArray[np.bool_]
     rows: IntArray  # positions of the eligible (scored) rows
     inputs: dict[str, FloatArray]  # model inputs of the eligible rows, by feature
-    x: FloatArray  # the same inputs stacked row-major (a view of `scratch` when one was given)
     probability: FloatArray  # NaN where not scored
     band_codes: npt.NDArray[np.int8]  # position in BANDS; -1 where not scored
     warning_rows: IntArray  # (row, code) pairs: each warning of each row,
@@ -59,6 +58,12 @@ class FrameScores:
     reason_labels: npt.NDArray[np.object_]
     base: FloatArray | None = None  # with `explain`: calibrated log-odds, eligible rows
     contributions: FloatArray | None = None  # with `explain`: eligible rows x features
+
+    def reason_codes(self) -> pd.DataFrame:
+        """The refused rows' error codes: one row per distinct (row, code), each `code:field`
+        reason cut to its code."""
+        codes = pd.Series(self.reason_labels, dtype=object).str.split(":", n=1).str[0]
+        return pd.DataFrame({"row": self.reason_rows, "code": codes}).drop_duplicates()
 
 
 @contextmanager
@@ -162,7 +167,6 @@ def score_frame(
         eligible=eligible,
         rows=rows,
         inputs=inputs,
-        x=x,
         probability=probability,
         band_codes=codes,
         warning_rows=np.concatenate([r for r, _ in pairs]),

@@ -49,7 +49,7 @@ def wait_until_ok(
 
 @dataclass
 class Server:
-    """A `bentoml serve` process this module started (and only ends by PID)."""
+    """A `bentoml serve` process this module started (and only ends itself or its own group)."""
 
     env: dict[str, str]
     port: int = field(default_factory=free_port)

@@ -44,11 +44,8 @@ class TriagePyfunc(PythonModel):
             bands = np.asarray(BANDS, dtype=object)[scored.band_codes[eligible]]
             out.loc[eligible, "band"] = bands
         if len(scored.reason_rows):
-            codes = pd.Series(scored.reason_labels, dtype=object).str.split(":", n=1).str[0]
             reasons = (
-                pd.DataFrame({"row": scored.reason_rows, "code": codes})
-                .groupby("row")["code"]
-                .agg(lambda c: ",".join(sorted(set(c))))
+                scored.reason_codes().groupby("row")["code"].agg(lambda c: ",".join(sorted(c)))
             )
             out.loc[reasons.index, "status"] = reasons.to_numpy()
         return out

@@ -135,7 +135,8 @@ def score_chunk(
     with timed(timings, "assemble"):
         warnings, warning_counts = _code_lists(scored.warning_rows, scored.warning_codes, n)
         reasons, _ = _label_lists(scored.reason_rows, scored.reason_labels, n)
-        exclusions = _exclusions(scored.reason_rows, scored.reason_labels)
+        pairs = scored.reason_codes()  # ineligible rows per error code, a row once per code
+        exclusions = Counter({str(k): int(v) for k, v in pairs["code"].value_counts().items()})
         if keys is None:
             keys = {k: key_type(frame[k].dtype) for k in KEY_COLUMNS if k in frame}
         columns: dict[str, pa.Array] = {k: _key_array(frame[k], t) for k, t in keys.items()}
@@ -165,15 +166,6 @@ def score_chunk(
         warnings=warning_counts,
         timings=timings,
     )
-
-
-def _exclusions(rows: npt.NDArray[np.int64], labels: npt.NDArray[np.object_]) -> Counter[str]:
-    """Ineligible rows per error code (a row with two reasons of one code counts once)."""
-    if len(rows) == 0:
-        return Counter()
-    codes = pd.Series(labels).str.split(":", n=1).str[0]
-    pairs = pd.DataFrame({"row": rows, "code": codes}).drop_duplicates()
-    return Counter({str(k): int(v) for k, v in pairs["code"].value_counts().items()})
 
 
 def _text_array(codes: npt.NDArray[np.int8], names: Sequence[str]) -> pa.Array:
