@@ -1,0 +1,102 @@
+"""The `replay` command: a cohort through pinned model version(s)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
+
+import typer
+from rich.table import Table
+
+from training.cli.app import WorkdirOption, _fmt_ci, _tracking, app
+from training.console import make_console
+
+if TYPE_CHECKING:
+    from training.cohorts.reader import Source
+
+
+@app.command()
+def replay(
+    model: Annotated[
+        list[str],
+        typer.Option(help="NAME@ALIAS or NAME/VERSION; give it twice (A then B) for side by side"),
+    ],
+    cohort: Annotated[
+        Path, typer.Option(help="wide Parquet/CSV, or a folder with wide or long (results+index)")
+    ],
+    out: Annotated[Path, typer.Option(help="output folder: scores, drift, report, manifest")],
+    window: Annotated[int, typer.Option(help="as-of window in days, for long cohorts")] = 90,
+    explain: Annotated[
+        bool, typer.Option(help="add base + per-feature contributions (calibrated log-odds)")
+    ] = False,
+    engine: Annotated[str, typer.Option(help="local (chunked) | spark")] = "local",
+    workdir: WorkdirOption = Path("var"),
+    source: Annotated[
+        str, typer.Option(help="auto | wide | long: which tables of a cohort folder to use")
+    ] = "auto",
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for CIs")] = 200,
+    chunk_rows: Annotated[int, typer.Option(help="rows per chunk (local engine)")] = 200_000,
+    spark_master: Annotated[
+        str | None, typer.Option(help="Spark master (default: spark-submit's, else local[*])")
+    ] = None,
+) -> None:
+    """Replay a cohort through pinned model version(s): scores, drift, evaluation, what-if."""
+    from rich.progress import Progress
+
+    from training.cohorts.reader import open_cohort
+    from training.evaluation.drift import flagged as flagged_drift
+    from training.replay.options import ReplayOptions
+    from training.replay.run import replay as run_replay
+
+    if engine not in ("local", "spark") or source not in ("auto", "wide", "long"):
+        raise typer.BadParameter(f"--engine local|spark and --source auto|wide|long: {engine}")
+    if not 1 <= len(model) <= 2:
+        raise typer.BadParameter("give --model once, or twice for side by side")
+    options = ReplayOptions(
+        cohort=cohort,
+        out=out,
+        window_days=window,
+        source=cast("Source", source),
+        explain=explain,
+        engine=cast(Literal["local", "spark"], engine),
+        chunk_rows=chunk_rows,
+        n_boot=n_boot,
+        spark_master=spark_master,
+    )
+    console = make_console()
+    with Progress(console=console, transient=True) as progress:
+        rows = open_cohort(cohort, window, options.source).n_rows()
+        task = progress.add_task("replaying", total=rows)
+        result = run_replay(
+            _tracking(workdir), model, options, lambda done: progress.update(task, completed=done)
+        )
+    table = Table(title=f"replay of {cohort} ({result.manifest['cohort']['rows']:,} rows)")
+    for column in ("model", "run", "booster sha256", "scored", "ineligible", "green", "red",
+                   "drift flags", "AUC [95% CI]", "O/E", "cancers green"):  # fmt: skip
+        table.add_column(column)
+    for outcome in result.models:
+        counts, ev, pinned = outcome.counts(), outcome.evaluation or {}, outcome.pinned
+        total: dict[Any, Any] = outcome.what_if.iloc[-1].to_dict() if len(outcome.what_if) else {}
+        table.add_row(
+            pinned.label, pinned.run_id or "-", pinned.booster_sha256[:12],
+            f"{counts['scored']:,}", f"{counts['ineligible']:,}",
+            f"{counts['bands']['green']:,}", f"{counts['bands']['red']:,}",
+            str(int(outcome.drift["flagged"].sum())), _fmt_ci(ev.get("auc")),
+            f"{ev['calibration']['observed_expected']:.3f}" if ev else "-",
+            str(total.get("cancers green", "-")),
+        )  # fmt: skip
+    console.print(table)
+    for outcome in result.models:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in outcome.summary.exclusions.most_common())
+        console.print(f"{outcome.pinned.label}: ineligible (kept in the scores): {reasons or '-'}")
+        flagged = flagged_drift(outcome.drift)
+        for row in flagged[flagged["psi_flag"] == "major"].head(5).to_dict("records"):
+            console.print(
+                f"  drift: {row['feature']} at {row['lab']} lab(s), {row['period']}: "
+                f"PSI {row['psi']:.2f} (major)"
+            )
+    diff = (result.comparison or {}).get("auc_difference")
+    if diff:
+        a, b = result.comparison["models"]  # type: ignore[index]
+        console.print(f"AUC {a} - {b}: {_fmt_ci(diff)} (paired bootstrap)")
+    console.print(f"outputs in {out}: {', '.join(result.manifest['outputs'])}")
