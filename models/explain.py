@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from models.analytes import Catalogue, Sex
 from models.calibration import LogitCalibration
-from models.features import DERIVED
+from models.features import DERIVED, DIMENSIONLESS, DerivedFeature
 
 FloatArray = npt.NDArray[np.float64]
 CONTEXT_PANEL = "context"
@@ -32,20 +32,27 @@ def calibrated_contributions(
     return base, contributions
 
 
-def feature_panel(name: str, catalogue: Catalogue) -> str:
-    """The panel a model feature belongs to, for grouping contributions."""
+def feature_panel(
+    name: str, catalogue: Catalogue, derived: Mapping[str, DerivedFeature] = DERIVED
+) -> str:
+    """The panel a model feature belongs to, for grouping contributions. `derived` holds the
+    model's derived features by name (a spec's own ones included)."""
     if name in catalogue:
         return catalogue[name].panel
-    if name in DERIVED:
-        return DERIVED[name].panel
+    if name in derived:
+        return derived[name].panel
     return CONTEXT_PANEL if name == "pathway" else DEMOGRAPHIC_PANEL
 
 
-def group_by_panel(contributions: Mapping[str, float], catalogue: Catalogue) -> dict[str, float]:
+def group_by_panel(
+    contributions: Mapping[str, float],
+    catalogue: Catalogue,
+    derived: Mapping[str, DerivedFeature] = DERIVED,
+) -> dict[str, float]:
     """Contributions summed by panel (log-odds), largest absolute first."""
     groups: dict[str, float] = {}
     for name, value in contributions.items():
-        panel = feature_panel(name, catalogue)
+        panel = feature_panel(name, catalogue, derived)
         groups[panel] = groups.get(panel, 0.0) + value
     return dict(sorted(groups.items(), key=lambda kv: -abs(kv[1])))
 
@@ -73,8 +80,10 @@ def describe_driver(
     *,
     sex: Sex | None = None,
     age: float | None = None,
+    derived: Mapping[str, DerivedFeature] = DERIVED,
 ) -> Driver:
-    """One feature's contribution in words, with its value, unit and reference interval."""
+    """One feature's contribution in words, with its value, unit and reference interval
+    (a derived feature: its title, and its unit unless dimensionless)."""
     effect = _effect(contribution)
     missing = value is None or (isinstance(value, float) and math.isnan(value))
     if name in catalogue:
@@ -99,11 +108,14 @@ def describe_driver(
         )
         return Driver(name, float(value), analyte.display_unit, reference, position,
                       contribution, text)  # fmt: skip
-    if name in DERIVED:
-        title = DERIVED[name].title
+    if name in derived:
+        feature = derived[name]
+        unit = None if feature.unit == DIMENSIONLESS else feature.unit
         shown = "not available" if missing else f"{value:.3g}"
-        text = f"{title} {shown} {effect} the estimated risk"
-        return Driver(name, None if missing else value, None, None, None, contribution, text)
+        if unit is not None and not missing:
+            shown = f"{shown} {unit}"
+        text = f"{feature.title} {shown} {effect} the estimated risk"
+        return Driver(name, None if missing else value, unit, None, None, contribution, text)
     if name == "age":
         text = f"Age {value:g} {effect} the estimated risk"
     elif name == "sex":
@@ -122,12 +134,20 @@ def top_drivers(
     sex: Sex | None = None,
     age: float | None = None,
     k: int = 5,
+    derived: Mapping[str, DerivedFeature] = DERIVED,
 ) -> list[Driver]:
     """The k features with the largest absolute contributions, worded."""
     order = np.argsort(-np.abs(np.asarray(contributions)), kind="stable")[:k]
     return [
-        describe_driver(names[i], values.get(names[i]), float(contributions[i]), catalogue,
-                        sex=sex, age=age)
+        describe_driver(
+            names[i],
+            values.get(names[i]),
+            float(contributions[i]),
+            catalogue,
+            sex=sex,
+            age=age,
+            derived=derived,
+        )
         for i in order
         if contributions[i] != 0.0
-    ]  # fmt: skip
+    ]
