@@ -49,11 +49,17 @@ class FrameValidation:
     eligible: npt.NDArray[np.bool_]
 
     def summary(self) -> pd.DataFrame:
-        """Issue counts by severity, code and field, most frequent first."""
+        """Issue counts by severity, code and field, most frequent first, each with its first
+        row (a position in the frame) and that row's message as an example."""
         if self.issues.empty:
-            return pd.DataFrame(columns=["severity", "code", "field", "count"])
-        counts = self.issues.groupby(["severity", "code", "field"]).size()
-        return counts.rename("count").reset_index().sort_values("count", ascending=False)
+            return pd.DataFrame(columns=["severity", "code", "field", "count", "row", "example"])
+        grouped = self.issues.groupby(["severity", "code", "field"])
+        counts = grouped.agg(
+            count=("row", "size"), row=("row", "first"), example=("message", "first")
+        )
+        return counts.reset_index().sort_values(
+            ["count", "code", "field"], ascending=[False, True, True], ignore_index=True
+        )
 
 
 class _Collector:

@@ -27,8 +27,8 @@ import pandas as pd
 from models.calibration import LogitCalibration
 from models.explain import Driver, calibrated_contributions, group_by_panel, top_drivers
 from models.features import (
-    DERIVED,
     SEX_CODES,
+    derived_columns,
     feature_columns,
     map_codes,
     stack_columns,
@@ -78,7 +78,8 @@ def spec_feature_columns(
     """A spec's model inputs (float64, in order) from a frame of canonical values, for the rows
     at positions `rows` (every row when None)."""
     f = spec.features
-    columns = feature_columns(values, f.analytes, f.derived, f.demographics, rows)
+    derived = f.derived_features(spec.catalogue)
+    columns = feature_columns(values, f.analytes, derived, f.demographics, rows)
     if "pathway" in f.context:
         columns["pathway"] = take_rows(map_codes(values["pathway"], PATHWAY_CODES), rows)
     return columns
@@ -122,6 +123,7 @@ class TriagePredictor:
                 f"{list(self.feature_names)}"
             )
         self.catalogue = spec.catalogue
+        self.derived = {d.name: d for d in spec.features.derived_features(self.catalogue)}
         self.soft_limits = {
             name: (stats["low"], stats["high"])
             for name, stats in self.reference.get("features", {}).items()
@@ -155,11 +157,12 @@ class TriagePredictor:
         for i, code in enumerate(f.analytes):
             row[0, i] = values.get(code, math.nan)
         offset = len(f.analytes)
-        for j, name in enumerate(f.derived):
-            feature = DERIVED[name]
-            inputs = {c: values.get(c, math.nan) for c in feature.inputs}
-            row[0, offset + j] = float(feature.compute(inputs))
-        offset += len(f.derived)
+        derived = derived_columns(
+            list(self.derived.values()), lambda code: np.array([values.get(code, math.nan)])
+        )
+        for j, column in enumerate(derived.values()):
+            row[0, offset + j] = column[0]
+        offset += len(derived)
         for j, name in enumerate(f.demographics):
             if name == "sex":
                 row[0, offset + j] = SEX_CODES.get(sex or "", math.nan)
@@ -225,7 +228,7 @@ class TriagePredictor:
             values=validation.values,
             probability=probability,
             band=band,
-            recommendation=recommend(band, self.spec.cohort.kind),
+            recommendation=recommend(band, self.spec),
             validation=validation,
         )
         if not explain:
@@ -235,7 +238,7 @@ class TriagePredictor:
         named = dict(zip(self.feature_names, (float(c) for c in contributions[0]), strict=True))
         shown: dict[str, float | str | None] = {
             **validation.values,
-            **{n: float(x[0, i]) for i, n in enumerate(self.feature_names) if n in DERIVED},
+            **{n: float(x[0, i]) for i, n in enumerate(self.feature_names) if n in self.derived},
             "age": validation.age,
             "sex": validation.sex,
             "pathway": pathway,
@@ -244,7 +247,7 @@ class TriagePredictor:
             result,
             base=float(base[0]),
             contributions=named,
-            groups=group_by_panel(named, self.catalogue),
+            groups=group_by_panel(named, self.catalogue, self.derived),
             drivers=top_drivers(
                 self.feature_names,
                 shown,
@@ -252,6 +255,7 @@ class TriagePredictor:
                 self.catalogue,
                 sex=validation.sex,
                 age=validation.age,
+                derived=self.derived,
             ),
         )
 

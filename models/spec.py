@@ -16,12 +16,27 @@ from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from models.analytes import CATALOGUE, Analyte, Catalogue
-from models.features import DEMOGRAPHICS, DERIVED
+from models.features import (
+    DEMOGRAPHICS,
+    DERIVED,
+    DerivedEntry,
+    DerivedFeature,
+    entry_name,
+    resolve_derived,
+)
 from models.units import is_accepted
 from models.validation import Eligibility
 
@@ -70,8 +85,31 @@ class Split(_Frozen):
     calibrate: DateRange
     evaluate: DateRange
     early_stopping_fraction: float = Field(
-        default=0.15, gt=0, lt=0.5, description="latest share of the training period held out"
+        default=0.15,
+        gt=0,
+        lt=0.5,
+        description="share of the training period's patients held out (seeded, at random) for "
+        "LightGBM's early stopping; never a date cut, which tied or coarse dates would distort",
     )
+    min_events: int = Field(
+        default=30, ge=1, description="fewest events each period must hold, or training stops"
+    )
+    time_zone: str = Field(
+        default="Europe/London",
+        description="IANA zone in which index dates are calendar days; timezone-aware "
+        "timestamps are converted to it, naive ones are taken as already local",
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name, e.g. Europe/London)"
+            ) from None
+        return value
 
     @model_validator(mode="after")
     def _in_order(self) -> Split:
@@ -83,7 +121,10 @@ class Split(_Frozen):
 
 
 class CohortFilter(_Frozen):
-    kind: Literal["referrals", "primary_care"]
+    kind: Literal["referrals", "primary_care", "generic"] = Field(
+        description="referrals: urgent suspected-cancer referrals; primary_care: routine "
+        "primary-care bloods; generic: any other cohort, with neutral recommendation wording"
+    )
     pathways: tuple[str, ...] = Field(default=(), description="empty: every pathway")
 
     @model_validator(mode="after")
@@ -94,33 +135,99 @@ class CohortFilter(_Frozen):
         return self
 
 
+# Words after which an outcome's name is not pluralised (death from cancer -> deaths from cancer).
+_PREPOSITIONS = frozenset(
+    {"after", "at", "by", "due", "for", "from", "in", "of", "on", "with", "within"}
+)
+
+
 class Outcome(_Frozen):
+    """The predicted event: its 0/1 column, its name in words (recommendations, report, model
+    card), its definition and horizon (None: at any time in follow-up)."""
+
     column: str = Field(default="cancer", pattern=_IDENTIFIER)
+    name: str = Field(
+        default="cancer",
+        min_length=1,
+        description="the outcome in words, singular and lower case (e.g. myeloma, death from "
+        "cancer); recommendations say 'risk of <name>'",
+    )
+    plural: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the events in words, plural (e.g. myeloma cases); default: derived from "
+        "`name` (cancer -> cancers, death from cancer -> deaths from cancer)",
+    )
     definition: str
-    horizon_days: int = Field(gt=0)
+    horizon_days: int | None = Field(
+        default=None, gt=0, description="None: the outcome at any time in follow-up"
+    )
+
+    @property
+    def plural_name(self) -> str:
+        """The events in words, plural: `plural`, or `name` with the word before any
+        preposition (else its last word) made plural by English rules of thumb."""
+        if self.plural is not None:
+            return self.plural
+        words = self.name.split()
+        head = next(
+            (i - 1 for i, w in enumerate(words) if i and w in _PREPOSITIONS), len(words) - 1
+        )
+        word = words[head]
+        if word.endswith("is"):  # metastasis -> metastases
+            word = word[:-2] + "es"
+        elif word.endswith(("s", "x", "z", "ch", "sh")):
+            word += "es"
+        elif len(word) > 1 and word.endswith("y") and word[-2] not in "aeiou":
+            word = word[:-1] + "ies"
+        else:
+            word += "s"
+        return " ".join([*words[:head], word, *words[head + 1 :]])
+
+    @property
+    def horizon_text(self) -> str:
+        """The horizon in words: `730 days` or `any time in follow-up`."""
+        if self.horizon_days is None:
+            return "any time in follow-up"
+        return f"{self.horizon_days} days"
 
 
 class Features(_Frozen):
+    """Model inputs: analytes, derived features (a built-in by name, or the spec's own
+    `{name, title?, ratio | difference | product | log}`, see models.features), demographics
+    and context."""
+
     analytes: tuple[str, ...] = Field(min_length=1)
-    derived: tuple[str, ...] = ()
+    derived: tuple[DerivedEntry, ...] = ()
     demographics: tuple[Literal["age", "sex"], ...] = DEMOGRAPHICS  # type: ignore[assignment]
     context: tuple[Literal["pathway"], ...] = ()
 
     @model_validator(mode="after")
     def _unique(self) -> Features:
-        names = [*self.analytes, *self.derived, *self.demographics, *self.context]
+        names = [*self.analytes, *self.derived_names, *self.demographics, *self.context]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"features listed twice: {duplicated}")
-        unknown = sorted(set(self.derived) - set(DERIVED))
+        builtin = {d for d in self.derived if isinstance(d, str)}
+        unknown = sorted(builtin - set(DERIVED))
         if unknown:
             raise ValueError(f"unknown derived features {unknown}; known: {sorted(DERIVED)}")
         return self
 
     @property
+    def derived_names(self) -> tuple[str, ...]:
+        """The derived features' names, in order."""
+        return tuple(entry_name(d) for d in self.derived)
+
+    def derived_features(self, catalogue: Catalogue) -> tuple[DerivedFeature, ...]:
+        """The derived features resolved against the spec's catalogue (titles, units, panels
+        and how to compute them)."""
+        return resolve_derived(self.derived, catalogue)
+
+    @property
     def names(self) -> tuple[str, ...]:
         """Model input columns in order."""
-        return (*self.analytes, *self.derived, *self.demographics, *self.context)
+        return (*self.analytes, *self.derived_names, *self.demographics, *self.context)
 
 
 class LightGBMParams(_Frozen):
@@ -152,6 +259,18 @@ class Calibration(_Frozen):
 class TriagePolicy(_Frozen):
     rule_out_sensitivity: float = Field(gt=0.5, lt=1, description="green: sensitivity target")
     rule_in_ppv: float = Field(gt=0, lt=1, description="red: PPV target")
+    recommendations: dict[Literal["green", "amber", "red"], str] = Field(
+        default_factory=dict,
+        description="the recommendation served with each band; a band left out gets the "
+        "cohort kind's default (models.triage); '{outcome}' is replaced by outcome.name",
+    )
+
+    @model_validator(mode="after")
+    def _texts_given(self) -> TriagePolicy:
+        empty = [band for band, text in self.recommendations.items() if not text.strip()]
+        if empty:
+            raise ValueError(f"recommendations: empty text for {empty}")
+        return self
 
 
 class PromotionGates(_Frozen):
@@ -161,9 +280,33 @@ class PromotionGates(_Frozen):
     auc_non_inferior: bool = True
 
 
+# Column roles a cohort column can be mapped to besides an analyte or a subgroup column.
+ROLES: tuple[str, ...] = ("patient_id", "index_date", "age", "sex", "pathway", "lab", "outcome")
+SEXES = ("female", "male")
+
+
 class ColumnMapping(_Frozen):
+    """One cohort column: an analyte (with the unit its values are in), a role (`ROLES`) or a
+    subgroup column, and for coded columns the meaning of each code (e.g. sex `{1: male, 2:
+    female}`, an outcome `{Y: 1, N: 0}`). Codes not listed stay as they are, so the validation
+    still refuses what it does not recognise."""
+
     code: str
     unit: str | None = None
+    values: dict[str | int | float | bool, str | int] | None = None
+
+    def recoding(self) -> dict[str, str | int]:
+        """`values` keyed by their text (`1`, `1.0` and `"1"` are the same code)."""
+        return {code_text(k): v for k, v in (self.values or {}).items()}
+
+
+def code_text(value: object) -> str:
+    """A code as text, so a CSV's `1`, a float column's `1.0` and YAML's `"1"` match."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
 
 
 class ModelSpec(_Frozen):
@@ -192,24 +335,26 @@ class ModelSpec(_Frozen):
         unknown = [c for c in self.features.analytes if c not in catalogue]
         if unknown:
             raise ValueError(f"features.analytes: unknown analytes {unknown}")
-        for name in self.features.derived:
-            missing = [c for c in DERIVED[name].inputs if c not in catalogue]
-            if missing:
-                raise ValueError(f"features.derived: {name} needs unknown analytes {missing}")
+        self.features.derived_features(catalogue)  # raises naming features.derived[i]
         unknown = [c for c in self.eligibility.required_analytes if c not in catalogue]
         if unknown:
             raise ValueError(f"eligibility.required_analytes: unknown analytes {unknown}")
         for column, mapping in self.column_map.items():
-            if mapping.code not in catalogue and mapping.code not in {*DEMOGRAPHICS, "pathway"}:
-                raise ValueError(f"column_map.{column}: unknown analyte {mapping.code!r}")
-            if mapping.unit is not None and mapping.code in catalogue:
-                analyte = catalogue[mapping.code]
-                if not is_accepted(analyte, mapping.unit):
-                    raise ValueError(
-                        f"column_map.{column}: unit {mapping.unit!r} is not accepted for "
-                        f"{mapping.code}; accepted: {', '.join(analyte.units)}"
-                    )
+            _check_mapping(column, mapping, catalogue, self.subgroups)
+        targets = [self.column_target(m) for m in self.column_map.values()]
+        twice = sorted({t for t in targets if targets.count(t) > 1})
+        if twice:
+            raise ValueError(f"column_map: several columns are mapped to {twice}")
         return self
+
+    def column_target(self, mapping: ColumnMapping) -> str:
+        """The column name a mapped cohort column gets: the analyte's code, the role's column
+        (the outcome's and the index date's as the spec names them) or the subgroup's name."""
+        if mapping.code == "outcome":
+            return self.outcome.column
+        if mapping.code == "index_date":
+            return self.split.date_column
+        return mapping.code
 
     @cached_property
     def catalogue(self) -> Catalogue:
@@ -225,6 +370,41 @@ class ModelSpec(_Frozen):
         """A hash of the spec's content, logged with every run."""
         payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _check_mapping(
+    column: str, mapping: ColumnMapping, catalogue: Catalogue, subgroups: tuple[str, ...]
+) -> None:
+    """One `column_map` entry: a known target, a unit only for an analyte (and one accepted for
+    it), codes only for a non-analyte, codes that mean something for their role."""
+    where, code = f"column_map.{column}", mapping.code
+    if code not in catalogue and code not in ROLES and code not in subgroups:
+        raise ValueError(
+            f"{where}: unknown target {code!r}: not an analyte in the catalogue (or the spec's "
+            f"extra_analytes), a role ({', '.join(ROLES)}) or a subgroup in `subgroups`"
+        )
+    if code in catalogue:
+        analyte = catalogue[code]
+        if mapping.unit is not None and not is_accepted(analyte, mapping.unit):
+            raise ValueError(
+                f"{where}: unit {mapping.unit!r} is not accepted for {code}; accepted: "
+                f"{', '.join(analyte.units)}"
+            )
+        if mapping.values is not None:
+            raise ValueError(f"{where}: an analyte's values are numbers; `values` is for codes")
+        return
+    if mapping.unit is not None:
+        raise ValueError(f"{where}: `unit` is only for analytes, not for {code!r}")
+    recoding = mapping.recoding()
+    allowed_meanings: dict[str, set[str | int]] = {"sex": {*SEXES}, "outcome": {0, 1}}
+    meanings = allowed_meanings.get(code)
+    wrong = [v for v in recoding.values() if meanings is not None and v not in meanings]
+    if wrong:
+        allowed = " or ".join(sorted(str(m) for m in meanings or ()))
+        raise ValueError(f"{where}: {code} codes must mean {allowed}, not {wrong}")
+    cycle = sorted(set(recoding) & {code_text(v) for v in recoding.values()})
+    if cycle:  # applying the map twice must change nothing (readers and scorers both map)
+        raise ValueError(f"{where}: codes {cycle} are both a code and a meaning")
 
 
 def _format_errors(source: str, error: ValidationError) -> str:

@@ -89,7 +89,8 @@ FHIR_RESPONSES: dict[int | str, dict[str, Any]] = {
 app = FastAPI(
     title="Cancer triage API",
     version="1",
-    description="Calibrated cancer probability, triage band and exact explanation per patient.",
+    description="Calibrated probability of each model's outcome, triage band, recommendation and "
+    "exact explanation per patient.",
     openapi_url=None,
     docs_url=None,
     redoc_url=None,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from models.calibration import LogitCalibration, expit, logit, prevalence_shift
+from models.spec import load_spec
 from models.triage import BANDS, Thresholds, assign_band, assign_bands, band_codes, recommend
 
 
@@ -50,5 +51,5 @@ def test_missing_threshold_means_no_such_band() -> None:
 
 
 def test_recommendation_wording_by_cohort() -> None:
-    assert "expedite" in recommend("red", "referrals")
-    assert "electrophoresis" in recommend("red", "primary_care")
+    assert "expedite" in recommend("red", load_spec("any_cancer"))
+    assert "electrophoresis" in recommend("red", load_spec("myeloma")), "the myeloma spec's text"
