@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-VAR    ?= var
+VAR    ?= $(or $(TRIAGE_HOME),var)
 
 # No usage telemetry leaves this machine (BentoML and MLflow report usage by default).
 export BENTOML_DO_NOT_TRACK := true
@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 ## The main job on embedded defaults: simulate, validate, train, promote, release and serve.
+## MLflow: SQLite in $(VAR), or the store/server of MLFLOW_TRACKING_URI when set.
 run: $(STAMP)
 	$(BIN)/python -m training.main_job --workdir $(VAR)
 

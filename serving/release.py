@@ -9,6 +9,7 @@ model (so `bentoml build` packs every champion) and verifies every digest before
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,9 +18,28 @@ from typing import Any
 
 from models.predictor import BOOSTER_FILE, META_FILE, ArtifactError, TriagePredictor, file_sha256
 
+URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 BUNDLE_NAME = "triage-champions"
 RELEASE_FILE = "release.json"
 PREDICTOR_IN_MLFLOW_MODEL = Path("artifacts") / "predictor"
+
+
+def use_mlflow_stores(tracking_uri: str, registry_uri: str) -> None:
+    """Make these MLflow's default stores in this process. MLflow's setters also export them as
+    `MLFLOW_TRACKING_URI`/`MLFLOW_REGISTRY_URI`, which a later reader would take for the
+    user's own choice: the variables are restored as they were."""
+    import mlflow
+
+    saved = {name: os.environ.get(name) for name in URI_VARIABLES}
+    try:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(registry_uri)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @dataclass(frozen=True)
@@ -30,13 +50,20 @@ class Served:
     predictor: TriagePredictor
 
 
-def release_champions(tracking_uri: str, names: list[str] | None = None) -> dict[str, Any]:
-    """Copy every registered model that has a `champion` alias into the BentoML store."""
+def release_champions(
+    tracking_uri: str, names: list[str] | None = None, *, registry_uri: str | None = None
+) -> dict[str, Any]:
+    """Copy every registered model that has a `champion` alias into the BentoML store.
+
+    The stores may be a local SQLite file or a tracking server (http): the model files are
+    downloaded through the registry either way (`registry_uri` defaults to `tracking_uri`)."""
     import bentoml
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    registry_uri = registry_uri or tracking_uri
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+    use_mlflow_stores(tracking_uri, registry_uri)  # bentoml.mlflow downloads through them
     entries: dict[str, Any] = {}
     imported: dict[str, Path] = {}
     for model in client.search_registered_models():
@@ -46,10 +73,6 @@ def release_champions(tracking_uri: str, names: list[str] | None = None) -> dict
             version = client.get_model_version_by_alias(model.name, "champion")
         except MlflowException:
             continue
-        import mlflow
-
-        mlflow.set_registry_uri(tracking_uri)
-        mlflow.set_tracking_uri(tracking_uri)
         bento_model = bentoml.mlflow.import_model(
             f"triage-{model.name.replace('_', '-')}",
             f"models:/{model.name}@champion",

@@ -23,6 +23,9 @@ os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "1"
+# A developer's shared MLflow server is never written to by the tests (each names its own store).
+for _name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+    os.environ.pop(_name, None)
 for name in ("TRIAGE_API_KEYS", "TRIAGE_API_KEY_HASHES", "TRIAGE_AUDIT_URL", "TRIAGE_HMAC_KEY"):
     os.environ.pop(name, None)
 

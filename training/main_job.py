@@ -1,10 +1,12 @@
 """The main job on embedded defaults (`make run`): simulate, train, promote, release, serve.
 
-    python -m training.main_job [--workdir var] [--no-serve] [--referrals N] [--population N]
+    python -m training.main_job [--workdir DIR] [--tracking-uri URI] [--no-serve] [--referrals N]
+                                [--population N]
 
 1. simulate a referral cohort and a primary-care myeloma cohort (seeded; reused when present);
 2. validate them through the analyte catalogue and print the issues found;
-3. train `any_cancer`, `lower_gi` and `myeloma`, log them to MLflow (SQLite under the work folder),
+3. train `any_cancer`, `lower_gi` and `myeloma`, log them to MLflow (SQLite under the work folder,
+   or the store of `--tracking-uri` / `MLFLOW_TRACKING_URI`, e.g. a shared `mlflow server`),
    register each as `challenger` and write its report;
 4. promote each to `champion` when its gates pass and release the champions to BentoML;
 5. start the server on 127.0.0.1, send one example JSON and one FHIR request, print ready-to-paste
@@ -33,7 +35,13 @@ from serving.release import release_champions
 from serving.server import Server
 from training.cohorts.reader import read_table
 from training.cohorts.simulator import run_simulation
-from training.console import make_console, no_telemetry, use_bentoml_store
+from training.console import (
+    HOME_ENV,
+    make_console,
+    no_telemetry,
+    project_workdir,
+    use_bentoml_store,
+)
 from training.fit.train import TrainOptions
 from training.registry.promote import Gate, promote
 from training.registry.runs import Trained, train_and_register
@@ -41,11 +49,18 @@ from training.registry.store import Tracking
 
 MODELS = {"any_cancer": "referrals", "lower_gi": "referrals", "myeloma": "myeloma"}
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+WORKDIR = project_workdir()  # the project's own var/, never one in the current directory
 
 
 @app.command()
 def main(
-    workdir: Annotated[Path, typer.Option(help="work folder (git-ignored)")] = Path("var"),
+    workdir: Annotated[
+        Path, typer.Option(envvar=HOME_ENV, help="work folder (git-ignored)")
+    ] = WORKDIR,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow store or server (default: $MLFLOW_TRACKING_URI, else SQLite)"),
+    ] = None,
     referrals: Annotated[int, typer.Option(help="simulated referrals")] = 100_000,
     # 4M people give ~2,400 myeloma cases: enough for stable thresholds in a temporal split.
     population: Annotated[int, typer.Option(help="simulated myeloma population")] = 4_000_000,
@@ -61,7 +76,7 @@ def main(
     started = time.perf_counter()
     folders = simulate_cohorts(workdir, referrals, population, seed)
     console.print(validation_table(folders))
-    tracking = Tracking(workdir)
+    tracking = Tracking(workdir, uri=tracking_uri or "")
     outcomes = {
         name: train_and_promote(name, folders, tracking, workdir, n_boot) for name in MODELS
     }
@@ -139,13 +154,16 @@ def summary_table(outcomes: Mapping[str, tuple[Trained, bool, list[Gate]]]) -> T
 
 def release(tracking: Tracking, workdir: Path, console: Console) -> None:
     """Copy the champions into BentoML's store; say where the reports and the MLflow UI are."""
-    released = release_champions(tracking.uri)
+    released = release_champions(tracking.uri, registry_uri=tracking.registry_uri)
     console.print(f"released to BentoML: {released['tag']}")
     console.print(f"reports: {workdir / 'reports'}")
-    console.print(
-        f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {tracking.uri} "
-        "--host 127.0.0.1 --port 5000"
-    )
+    if tracking.is_server:
+        console.print(f"MLflow UI: {tracking.describe()}")
+    else:
+        console.print(
+            f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {tracking.describe()} "
+            "--host 127.0.0.1 --port 5000"
+        )
 
 
 def serve_and_show(workdir: Path, port: int, console: Console) -> None:

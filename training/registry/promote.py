@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
 from models.spec import ModelSpec
 from training.evaluation.metrics import net_benefit
@@ -26,6 +27,7 @@ from training.registry.store import (
     read_run_artifact,
     resolve_version,
     run_artifact_json,
+    unregistered,
 )
 
 KEY = ("referral_id", "patient_id")
@@ -156,9 +158,9 @@ def promote(
 def compare(tracking: Tracking, spec: ModelSpec, n_boot: int = 200) -> pd.DataFrame:
     """One row per registered version: discrimination, calibration, rule-out, net benefit."""
     client = tracking.client
+    aliases = aliases_by_version(tracking, spec.name)  # first: an unregistered name says so
     champion = champion_of(tracking, spec.name)
     rows = []
-    aliases = aliases_by_version(tracking, spec.name)
     versions = client.search_model_versions(f"name = '{spec.name}'")
     for mv in sorted(versions, key=lambda v: int(v.version)):
         candidate = load_candidate(tracking, spec.name, str(mv.version))
@@ -192,8 +194,12 @@ def compare(tracking: Tracking, spec: ModelSpec, n_boot: int = 200) -> pd.DataFr
 
 def aliases_by_version(tracking: Tracking, name: str) -> dict[str, list[str]]:
     """Version number (as text) -> its aliases (search results do not carry them)."""
+    try:
+        model = tracking.client.get_registered_model(name)
+    except MlflowException:
+        raise unregistered(tracking.client, name) from None
     out: dict[str, list[str]] = {}
-    for alias, number in tracking.client.get_registered_model(name).aliases.items():
+    for alias, number in model.aliases.items():
         out.setdefault(str(number), []).append(alias)
     return out
 

@@ -116,6 +116,7 @@ def log_training(result: TrainResult, tracking: Tracking, *, register: bool = Tr
     """Log everything about a training result; register it as `challenger` when asked."""
     spec, provenance = result.spec, result.provenance
     client = tracking.client
+    tracking.activate()  # the fluent API below logs to these stores, whatever was set since
     work = scratch_dir()
     try:
         with mlflow.start_run(
@@ -142,6 +143,7 @@ def log_training(result: TrainResult, tracking: Tracking, *, register: bool = Tr
             mlflow.log_dict(result.baseline_evaluation, "baseline_metrics.json")
             mlflow.log_dict(card, "model_card.json")
             mlflow.log_dict(provenance, "provenance.json")
+            mlflow.log_dict(spec.model_dump(mode="json"), "spec.yaml")  # also in the predictor
             mlflow.log_text(html, "report.html")
             for name, frame in (
                 ("evaluation_predictions", result.predictions),
