@@ -1,5 +1,11 @@
 """The model card: what the model is for and not for, where its data come from, its limitations,
 and a TRIPOD+AI checklist of what the report covers.
+
+The data source, the limitations and the TRIPOD+AI items about the data follow the training
+cohort as the run's provenance describes it (`data_summary["cohort"]`: name, sha256, rows,
+date_range, date_precision, simulated, ties): the simulator's cohorts are said to be simulated,
+a user's file is described by its name, hash, rows and dates against the spec's population. A
+run without that description (older runs) keeps the simulated-data wording.
 """
 
 from __future__ import annotations
@@ -8,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from models.spec import ModelSpec
+from models.triage import spec_recommendations
 from models.validation import ISSUE_CODES
 from training.evaluation.formatting import inline_text
 from training.json_files import json_safe
@@ -16,24 +23,120 @@ from training.json_files import json_safe
 
 # Item numbers confirmed from the TRIPOD+AI checklist; other topics are listed by name only.
 _COVERED, _PARTIAL, _NOT = "covered", "partial", "not covered"
+_ELIGIBILITY = (
+    "Model card: age range, required panels/analytes; records with validation errors are "
+    "excluded (counts by code)."
+)
 
 
 def _period(split_range: Any) -> dict[str, str]:
     return {"start": split_range.start.isoformat(), "end": split_range.end.isoformat()}
 
 
-def _limitations(spec: ModelSpec, data_summary: Mapping[str, Any]) -> list[str]:
+_SIMULATED = (
+    "Simulated data: the cohorts come from the project's seeded simulator, not from patients; "
+    "the figures describe the method, not performance on real referrals."
+)
+_PRECISION = {
+    "day": "known to the day",
+    "month": "known only to the month",
+    "year": "known only to the year",
+}
+
+
+def _cohort(data_summary: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The training cohort's description in the provenance (None for older runs)."""
+    cohort = data_summary.get("cohort")
+    return cohort if isinstance(cohort, Mapping) else None
+
+
+def _simulated(cohort: Mapping[str, Any] | None) -> bool:
+    """Simulated data, or an older run that does not describe its cohort (which was simulated)."""
+    return cohort is None or cohort.get("simulated") is True
+
+
+def _sentence(text: str) -> str:
+    return text.strip().rstrip(".")
+
+
+def _cohort_facts(cohort: Mapping[str, Any]) -> str:
+    """`name (SHA-256 0123456789ab, 12,000 input rows, index dates A to B, known to the day)`."""
+    facts = []
+    if cohort.get("sha256"):
+        facts.append(f"SHA-256 {str(cohort['sha256'])[:12]}")
+    if isinstance(cohort.get("rows"), int):
+        facts.append(f"{cohort['rows']:,} input rows")
+    dates = cohort.get("date_range")
+    precision = _PRECISION.get(str(cohort.get("date_precision")))
+    if isinstance(dates, list | tuple) and len(dates) == 2:
+        facts.append(
+            f"index dates {dates[0]} to {dates[1]}" + (f", {precision}" if precision else "")
+        )
+    elif precision:
+        facts.append(f"index dates {precision}")
+    name = str(cohort.get("name") or "unnamed cohort")
+    return f"{name} ({', '.join(facts)})" if facts else name
+
+
+def _data_source(spec: ModelSpec, cohort: Mapping[str, Any]) -> dict[str, Any]:
+    """Where the training data come from, as recorded, with one line of text."""
+    if cohort.get("simulated") is True:
+        facts = _cohort_facts(cohort)
+        text = f"Simulated by the project's seeded simulator, not from patients: {facts}."
+    else:
+        text = f"{_cohort_facts(cohort)}. Intended population: {_sentence(spec.population)}."
+    keys = ("name", "sha256", "rows", "date_range", "date_precision", "simulated", "ties")
+    return {**{k: json_safe(cohort.get(k)) for k in keys}, "description": text}
+
+
+def _data_limitations(spec: ModelSpec, cohort: Mapping[str, Any] | None) -> list[str]:
     s = spec.split
+    periods = (
+        f"trained {s.train.start}..{s.train.end}, calibrated {s.calibrate.start}.."
+        f"{s.calibrate.end}, evaluated {s.evaluate.start}..{s.evaluate.end}, all from the same "
+        "population."
+    )
+    if _simulated(cohort):
+        items = [
+            _SIMULATED,
+            "Temporal split at one (simulated) centre, which is not external validation: "
+            + periods,
+        ]
+    else:
+        assert cohort is not None
+        items = [
+            f"One data source ({cohort.get('name') or 'the cohort file'}): representativeness "
+            f"must be judged against the intended population: {_sentence(spec.population)}.",
+            "Temporal split within one data source, which is not external validation: " + periods,
+        ]
+    precision = cohort.get("date_precision") if cohort else None
+    if precision in ("month", "year"):
+        items.append(
+            f"Index dates known only to the {precision}: periods are assigned by {precision} and "
+            "the early-stopping slice is a random share of patients."
+        )
+    ties = cohort.get("ties") if cohort else None
+    if isinstance(ties, int | float) and not isinstance(ties, bool) and ties > 0:
+        items.append(
+            f"Tied index dates: {ties:.1%} of rows share their index date with at least 1% of the "
+            "cohort; the order of events within a date is unknown and rows of one date always "
+            "fall in the same period."
+        )
+    return items
+
+
+def _limitations(spec: ModelSpec, data_summary: Mapping[str, Any]) -> list[str]:
     items = [
-        "Simulated data: the cohorts come from the project's seeded simulator, not from patients; "
-        "the figures describe the method, not performance on real referrals.",
-        f"Temporal split at one (simulated) centre, which is not external validation: trained "
-        f"{s.train.start}..{s.train.end}, calibrated {s.calibrate.start}..{s.calibrate.end}, "
-        f"evaluated {s.evaluate.start}..{s.evaluate.end}, all from the same population.",
+        *_data_limitations(spec, _cohort(data_summary)),
         "Missing data: untested analytes stay missing and LightGBM routes them with its native "
         "NaN handling (a learned default direction at each split); nothing is imputed. A "
         "different test-ordering pattern at deployment can shift the risks.",
     ]
+    rate = (
+        "conversion rate"
+        if spec.cohort.kind == "referrals"
+        else f"rate of {spec.outcome.plural_name}"
+    )
     if spec.is_case_control:
         items.append(
             f"Case-control training: the probabilities are shifted (log-odds intercept "
@@ -44,11 +147,12 @@ def _limitations(spec: ModelSpec, data_summary: Mapping[str, Any]) -> list[str]:
         )
     else:
         items.append(
-            "Probabilities reflect the case mix and conversion rate of the calibration period; "
+            f"Probabilities reflect the case mix and {rate} of the calibration period; "
             "a change in either needs recalibration."
         )
     items.append(
-        "Subgroup sizes: estimates for small subgroups rest on few cancers (no AUC below 5); "
+        f"Subgroup sizes: estimates for small subgroups rest on few {spec.outcome.plural_name} "
+        "(no AUC below 5); "
         "see the subgroup table for n and events. Subgroup AUC intervals are Hanley-McNeil "
         "(row-level), not patient-level bootstrap."
     )
@@ -57,40 +161,60 @@ def _limitations(spec: ModelSpec, data_summary: Mapping[str, Any]) -> list[str]:
     return items
 
 
+def _data_items(spec: ModelSpec, cohort: Mapping[str, Any] | None) -> list[tuple[str, ...]]:
+    """TRIPOD+AI items 3c, 5a, 5b, 6a and 6c, worded for simulated or real data."""
+    equity = [g for g in ("deprivation", "ethnicity") if g in spec.subgroups]
+    by = ", ".join(spec.subgroups) or "nothing"
+    kind = spec.cohort.kind
+    if _simulated(cohort):
+        return [
+            ("3c", "Health inequalities", _PARTIAL if equity else _NOT,
+             f"Subgroup table and forest plot by {by}; the data are simulated, so no real "
+             "inequality is described."),
+            ("5a", "Data sources", _PARTIAL,
+             "Model card (data, limitations): simulated cohorts; representativeness of real "
+             "populations cannot be assessed."),
+            ("5b", "Data dates", _COVERED, "Model card: train / calibrate / evaluate periods."),
+            ("6a", "Setting", _PARTIAL,
+             f"Model card: {kind} setting; one simulated centre with several labs."),
+            ("6b", "Eligibility", _COVERED, _ELIGIBILITY),
+            ("6c", "Treatments", _NOT, "Treatments are not recorded in the simulated data."),
+        ]  # fmt: skip
+    assert cohort is not None
+    name = cohort.get("name") or "the cohort file"
+    population = _sentence(spec.population)
+    precision = _PRECISION.get(str(cohort.get("date_precision")))
+    dates = cohort.get("date_range")
+    span = (
+        f"; index dates {dates[0]} to {dates[1]}"
+        if isinstance(dates, list | tuple) and len(dates) == 2
+        else ""
+    )
+    return [
+        ("3c", "Health inequalities", _PARTIAL if equity else _NOT,
+         f"Subgroup table and forest plot by {by}; inequalities in {name} are described only "
+         "through these subgroups."),
+        ("5a", "Data sources", _PARTIAL,
+         f"Model card (data source): {_cohort_facts(cohort)}; how the data were collected is "
+         f"not recorded by the pipeline; representativeness must be judged against the "
+         f"intended population: {population}."),
+        ("5b", "Data dates", _COVERED,
+         f"Model card: train / calibrate / evaluate periods{span}"
+         + (f", {precision}." if precision else ".")),
+        ("6a", "Setting", _PARTIAL,
+         f"Model card: {kind} setting; centres and labs as recorded in {name} (lab subgroup "
+         "when present); the pipeline does not describe them further."),
+        ("6b", "Eligibility", _COVERED, _ELIGIBILITY),
+        ("6c", "Treatments", _NOT,
+         f"Treatments are not model inputs and {name} is not checked for them."),
+    ]  # fmt: skip
+
+
 def _tripod(spec: ModelSpec, data_summary: Mapping[str, Any]) -> list[dict[str, str]]:
     """TRIPOD+AI topics this report covers, honestly marked; manuscript-only items are left out."""
-    equity = [g for g in ("deprivation", "ethnicity") if g in spec.subgroups]
     code = data_summary.get("code_version")
     rows = [
-        (
-            "3c",
-            "Health inequalities",
-            _PARTIAL if equity else _NOT,
-            f"Subgroup table and forest plot by {', '.join(spec.subgroups) or 'nothing'}; the data "
-            "are simulated, so no real inequality is described.",
-        ),
-        (
-            "5a",
-            "Data sources",
-            _PARTIAL,
-            "Model card (data, limitations): simulated cohorts; representativeness of real "
-            "populations cannot be assessed.",
-        ),
-        ("5b", "Data dates", _COVERED, "Model card: train / calibrate / evaluate periods."),
-        (
-            "6a",
-            "Setting",
-            _PARTIAL,
-            f"Model card: {spec.cohort.kind} setting; one simulated centre with several labs.",
-        ),
-        (
-            "6b",
-            "Eligibility",
-            _COVERED,
-            "Model card: age range, required panels/analytes; records with validation errors "
-            "are excluded (counts by code).",
-        ),
-        ("6c", "Treatments", _NOT, "Treatments are not recorded in the simulated data."),
+        *_data_items(spec, _cohort(data_summary)),
         ("-", "Outcome definition and horizon", _COVERED, "Model card: outcome."),
         ("-", "Predictors", _COVERED, "Model card: features."),
         (
@@ -173,6 +297,7 @@ def build_model_card(spec: ModelSpec, *, data_summary: Mapping[str, Any]) -> dic
     code version, ...); `version` and `run_id` are taken from it when present.
     """
     s, f = spec.split, spec.features
+    cohort = _cohort(data_summary)
     return {
         "name": spec.name,
         "title": spec.title,
@@ -182,6 +307,7 @@ def build_model_card(spec: ModelSpec, *, data_summary: Mapping[str, Any]) -> dic
         "intended_use": spec.intended_use,
         "population": spec.population,
         "setting": {"kind": spec.cohort.kind, "pathways": list(spec.cohort.pathways) or ["all"]},
+        **({"data_source": _data_source(spec, cohort)} if cohort is not None else {}),
         "periods": {
             "date_column": s.date_column,
             "train": _period(s.train),
@@ -190,12 +316,18 @@ def build_model_card(spec: ModelSpec, *, data_summary: Mapping[str, Any]) -> dic
         },
         "outcome": {
             "column": spec.outcome.column,
+            "name": spec.outcome.name,
+            "plural": spec.outcome.plural_name,
             "definition": spec.outcome.definition,
             "horizon_days": spec.outcome.horizon_days,
+            "horizon": spec.outcome.horizon_text,
         },
         "features": {
             "analytes": list(f.analytes),
-            "derived": list(f.derived),
+            "derived": [  # a built-in by name, a spec's own feature with its expression
+                d if isinstance(d, str) else d.model_dump(mode="json", exclude_none=True)
+                for d in f.derived
+            ],
             "demographics": list(f.demographics),
             "context": list(f.context),
             "count": len(f.names),
@@ -209,6 +341,7 @@ def build_model_card(spec: ModelSpec, *, data_summary: Mapping[str, Any]) -> dic
             "rule_out_sensitivity": spec.triage.rule_out_sensitivity,
             "rule_in_ppv": spec.triage.rule_in_ppv,
         },
+        "recommendations": spec_recommendations(spec),
         "subgroups": list(spec.subgroups),
         "not_for": list(spec.not_for),
         "input_checks": {

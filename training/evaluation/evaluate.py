@@ -153,8 +153,8 @@ def subgroup_table(
     min_events: int = 5,
 ) -> list[dict[str, Any]]:
     """Per column and level (missing values form their own level): n, events, AUC (NaN with fewer
-    than `min_events` cancers or no non-cancers; Hanley-McNeil 95% CI), observed/expected and the
-    rule-out sensitivity (share of cancers with p >= threshold) with its Wilson CI."""
+    than `min_events` events or no non-events; Hanley-McNeil 95% CI), observed/expected and the
+    rule-out sensitivity (share of events with p >= threshold) with its Wilson CI."""
     _require(frame, y_col, p_col, *group_cols)
     return _subgroup_rows(frame, y_col, p_col, group_cols, rule_out_threshold, min_events)
 
@@ -348,7 +348,7 @@ def _prevalence_block(
         "note": (
             "Thresholds apply to the case-control-scale probabilities. Sensitivity and "
             "specificity come from the sample; PPV, NPV, the number needed to test "
-            "(NND = (TP+FP)/TP = 1/PPV) and tests and cancers per 100,000 are at the deployment "
+            "(NND = (TP+FP)/TP = 1/PPV) and tests and events per 100,000 are at the deployment "
             "prevalence by Bayes' rule."
         ),
     }

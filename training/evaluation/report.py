@@ -73,6 +73,22 @@ def _note(text: str) -> str:
     return f'<p class="note">{escape(text)}</p>'
 
 
+def outcome_words(card: Mapping[str, Any]) -> tuple[str, str]:
+    """The outcome's name and plural in words from the model card (cards logged before outcomes
+    had names: cancer, cancers)."""
+    outcome = card.get("outcome") or {}
+    name = str(outcome.get("name") or "cancer")
+    default = "cancers" if name == "cancer" else f"{name} events"
+    return name, str(outcome.get("plural") or default)
+
+
+def _horizon(outcome: Mapping[str, Any]) -> str:
+    """`horizon 730 days`, or `any time in follow-up` (horizon_days None)."""
+    if "horizon_days" in outcome and outcome["horizon_days"] is None:
+        return "any time in follow-up"
+    return f"horizon {outcome.get('horizon_days', '–')} days"
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -104,6 +120,11 @@ def _card_section(card: Mapping[str, Any]) -> str:
         ("Population", card.get("population", "–")),
         ("Setting", inline_text(card.get("setting", "–"))),
         *(
+            [("Data source", str(card["data_source"].get("description", "–")))]
+            if isinstance(card.get("data_source"), Mapping)
+            else []
+        ),
+        *(
             (name.capitalize(), inline_text(periods[name]))
             for name in ("train", "calibrate", "evaluate")
             if name in periods
@@ -111,7 +132,7 @@ def _card_section(card: Mapping[str, Any]) -> str:
         (
             "Outcome",
             f"{outcome.get('definition', '–')} (column {outcome.get('column', '–')}, "
-            f"horizon {outcome.get('horizon_days', '–')} days)",
+            f"{_horizon(outcome)})",
         ),
         (
             "Features",
@@ -128,6 +149,11 @@ def _card_section(card: Mapping[str, Any]) -> str:
         ("Eligibility", inline_text(card.get("eligibility", "–"))),
         ("Calibration", inline_text(card.get("calibration", "–"))),
         ("Triage policy", inline_text(card.get("triage_policy", "–"))),
+        *(
+            [("Recommendations", inline_text(card["recommendations"]))]
+            if isinstance(card.get("recommendations"), Mapping)
+            else []
+        ),
         ("Rows per period", inline_text(data.get("rows", "–"))),
         ("Events per period", inline_text(data.get("events", "–"))),
         ("Exclusions (validation codes)", inline_text(data.get("exclusions", "–"))),
@@ -153,13 +179,13 @@ def _tripod_section(card: Mapping[str, Any]) -> str:
     return _section("tripod", body + _note(str(card.get("tripod_ai_note", ""))))
 
 
-def _headline_rows(ev: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _headline_rows(ev: Mapping[str, Any], events: str = "cancers") -> list[tuple[str, str]]:
     cal = ev.get("calibration") or {}
     ci = cal.get("ci") or {}
     at = ev.get("net_benefit_at") or {}
     rows = [
         (
-            "rows / patients / cancers",
+            f"rows / patients / {events}",
             " / ".join(number_text(ev.get(k)) for k in ("n", "n_patients", "events")),
         ),
         ("prevalence", number_text(ev.get("prevalence"), 4)),
@@ -189,13 +215,14 @@ def _headline_rows(ev: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _headline_section(ev: Mapping[str, Any]) -> str:
+def _headline_section(ev: Mapping[str, Any], events: str) -> str:
     note = _note(
         "95% CIs: patient-level bootstrap percentile intervals "
         f"({number_text(ev.get('n_boot'))} resamples). "
         "Perfect calibration: O/E 1, intercept 0, slope 1."
     )
-    return _section("headline", _table(["metric", MODEL_LABEL], _headline_rows(ev)) + note)
+    table = _table(["metric", MODEL_LABEL], _headline_rows(ev, events))
+    return _section("headline", table + note)
 
 
 def _threshold_rows(ev: Mapping[str, Any]) -> list[list[str]]:
@@ -226,7 +253,7 @@ def _threshold_rows(ev: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _threshold_section(ev: Mapping[str, Any]) -> str:
+def _threshold_section(ev: Mapping[str, Any], events: str) -> str:
     header = [
         "band",
         "threshold",
@@ -235,17 +262,18 @@ def _threshold_section(ev: Mapping[str, Any]) -> str:
         "PPV",
         "NPV",
         "share ruled out / expedited",
-        "cancers in band",
+        f"{events} in band",
         "TP/FP/TN/FN",
     ]
     note = _note(
-        "Green: p < rule-out threshold (cancers in band = false negatives). Red: p >= rule-in "
+        f"Green: p < rule-out threshold ({events} in band = false negatives). Red: p >= rule-in "
         "threshold. Thresholds were chosen on the calibration period. Wilson 95% CIs."
     )
     return _section("thresholds", _table(header, _threshold_rows(ev)) + note)
 
 
 def _subgroup_section(ev: Mapping[str, Any], card: Mapping[str, Any]) -> str:
+    name, events = outcome_words(card)
     block = ev.get("subgroups") or {}
     rows = block.get("rows", []) if isinstance(block, Mapping) else list(block)
     if not rows:
@@ -253,7 +281,7 @@ def _subgroup_section(ev: Mapping[str, Any], card: Mapping[str, Any]) -> str:
     target = (card.get("triage_policy") or {}).get("rule_out_sensitivity")
     plot = forest_plot(rows, target if is_finite_number(target) else None)
     table = _table(
-        ["subgroup", "level", "n", "cancers", "AUC [95% CI]", "O/E", "rule-out sensitivity"],
+        ["subgroup", "level", "n", events, "AUC [95% CI]", "O/E", "rule-out sensitivity"],
         [
             [
                 r.get("column"),
@@ -271,15 +299,16 @@ def _subgroup_section(ev: Mapping[str, Any], card: Mapping[str, Any]) -> str:
     )
     skipped = block.get("skipped", []) if isinstance(block, Mapping) else []
     notes = "".join(_note(f"{s.get('column')}: {s.get('reason')}") for s in skipped)
+    without = "non-cancer" if name == "cancer" else f"row without {name}"
     method = _note(
-        f"AUC needs at least {block.get('min_events_for_auc', 5)} cancers and one non-cancer; "
+        f"AUC needs at least {block.get('min_events_for_auc', 5)} {events} and one {without}; "
         "AUC CIs are Hanley-McNeil (row-level), sensitivity CIs Wilson."
     )
     return _section("subgroups", plot + table + method + notes)
 
 
-def _comparison_section(ev: Mapping[str, Any], base: Mapping[str, Any]) -> str:
-    left, right = dict(_headline_rows(ev)), dict(_headline_rows(base))
+def _comparison_section(ev: Mapping[str, Any], base: Mapping[str, Any], events: str) -> str:
+    left, right = dict(_headline_rows(ev, events)), dict(_headline_rows(base, events))
     rows = [[k, left[k], right.get(k, "–")] for k in left]
     names = ("threshold", "sensitivity", "specificity", "PPV", "NPV", "share in band")
     for mine, theirs in zip(_threshold_rows(ev), _threshold_rows(base), strict=True):
@@ -291,7 +320,7 @@ def _comparison_section(ev: Mapping[str, Any], base: Mapping[str, Any]) -> str:
     return _section("comparison", _table(["metric", MODEL_LABEL, BASELINE_LABEL], rows) + note)
 
 
-def _period_section(ev: Mapping[str, Any]) -> str:
+def _period_section(ev: Mapping[str, Any], events: str) -> str:
     rows = [
         [
             r.get("period"),
@@ -304,10 +333,10 @@ def _period_section(ev: Mapping[str, Any]) -> str:
     ]
     if not rows:
         return _section("periods", _note("No dates: performance by period not available."))
-    return _section("periods", _table(["period", "n", "cancers", "AUC", "O/E"], rows))
+    return _section("periods", _table(["period", "n", events, "AUC", "O/E"], rows))
 
 
-def _prevalence_section(block: Mapping[str, Any]) -> str:
+def _prevalence_section(block: Mapping[str, Any], events: str) -> str:
     header = [
         "cut-off",
         "threshold",
@@ -317,7 +346,7 @@ def _prevalence_section(block: Mapping[str, Any]) -> str:
         "NPV",
         "number needed to test",
         "tested per 100k",
-        "cancers found per 100k",
+        f"{events} found per 100k",
     ]
     rows = [
         [
@@ -336,9 +365,17 @@ def _prevalence_section(block: Mapping[str, Any]) -> str:
     intro = _note(
         f"Deployment prevalence {number_text(block.get('deployment_prevalence'), 6)}; "
         f"case fraction of this sample {number_text(block.get('sample_prevalence'), 4)}. "
-        + str(block.get("note", ""))
+        + _PREVALENCE_NOTE.format(events=events)
     )
     return _section("prevalence", intro + _table(header, rows))
+
+
+# The report's own wording (the evaluation's stored note says "events"), naming the outcome.
+_PREVALENCE_NOTE = (
+    "Thresholds apply to the case-control-scale probabilities. Sensitivity and specificity come "
+    "from the sample; PPV, NPV, the number needed to test (NND = (TP+FP)/TP = 1/PPV) and tests "
+    "and {events} per 100,000 are at the deployment prevalence by Bayes' rule."
+)
 
 
 def _extra_section(tables: Mapping[str, pd.DataFrame]) -> str:
@@ -373,25 +410,26 @@ def render_report(
 
     matplotlib.use("Agg")  # headless rendering; set here so importing this module has no effect
     ev, base = evaluation, baseline_evaluation
+    events = outcome_words(model_card)[1]
     calibration_note = "Equal-frequency bins; shaded: Wilson 95% CI of the observed proportion."
     sections: dict[str, Callable[[], str]] = {
         "card": lambda: _card_section(model_card),
         "tripod": lambda: _tripod_section(model_card),
-        "headline": lambda: _headline_section(ev),
+        "headline": lambda: _headline_section(ev, events),
         "roc": lambda: _section("roc", roc_plot(ev, base)),
         "calibration": lambda: _section(
             "calibration", calibration_plot(ev, base) + _note(calibration_note)
         ),
         "decision": lambda: _section("decision", decision_plot(ev, base)),
-        "thresholds": lambda: _threshold_section(ev),
+        "thresholds": lambda: _threshold_section(ev, events),
         "subgroups": lambda: _subgroup_section(ev, model_card),
     }
     if base:
-        sections["comparison"] = lambda: _comparison_section(ev, base)
-    sections["periods"] = lambda: _period_section(ev)
+        sections["comparison"] = lambda: _comparison_section(ev, base, events)
+    sections["periods"] = lambda: _period_section(ev, events)
     prevalence = ev.get("prevalence_adjusted")
     if isinstance(prevalence, Mapping):
-        sections["prevalence"] = lambda: _prevalence_section(prevalence)
+        sections["prevalence"] = lambda: _prevalence_section(prevalence, events)
     if shap_sample is not None and not shap_sample.empty:
         shap_note = _note("Contributions in calibrated log-odds for a random evaluation sample.")
         sections["shap"] = lambda: _section("shap", shap_plot(shap_sample) + shap_note)

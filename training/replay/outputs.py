@@ -15,6 +15,7 @@ import pandas as pd
 
 from models.spec import ModelSpec
 from models.triage import BANDS
+from training.cohorts.reader import made_by_simulator
 from training.evaluation import drift
 from training.evaluation.card import build_model_card
 from training.evaluation.model import explanation_sample
@@ -77,7 +78,7 @@ def feature_kinds(spec: ModelSpec) -> dict[str, str]:
     """Each model input's kind, for the drift table."""
     f = spec.features
     kinds = {name: "analyte" for name in f.analytes}
-    kinds |= {name: "derived" for name in f.derived}
+    kinds |= {name: "derived" for name in f.derived_names}
     kinds |= {name: "demographic" for name in f.demographics}
     return kinds | {name: "context" for name in f.context}
 
@@ -101,11 +102,34 @@ def finish_model(
     )
 
 
+def _in_words(frame: pd.DataFrame, events: str) -> pd.DataFrame:
+    """A table for the report with 'cancers' in its column names replaced by the outcome's plural
+    (the Parquet and JSON outputs keep their column names)."""
+    if events == "cancers":
+        return frame
+    return frame.rename(columns=lambda c: str(c).replace("cancers", events))
+
+
+def cohort_summary(cohort: Mapping[str, Any]) -> dict[str, Any]:
+    """The replayed cohort as the model card describes a cohort (name, sha256, rows, simulated);
+    its date range and precision are not measured by a replay."""
+    return {
+        "name": Path(str(cohort["path"])).name,
+        "sha256": cohort["sha256"],
+        "rows": cohort.get("rows"),
+        "simulated": made_by_simulator(str(cohort["path"])),
+    }
+
+
 def report_tables(
-    outcome: ModelOutcome, comparison: Mapping[str, Any] | None, cohort: Mapping[str, Any]
+    outcome: ModelOutcome,
+    comparison: Mapping[str, Any] | None,
+    cohort: Mapping[str, Any],
+    events: str = "cancers",
 ) -> dict[str, pd.DataFrame]:
-    """The replay's own tables for the report: pin, what would have happened, green cancers by
-    site, exclusions, drift (flagged rows and the score), and the side-by-side comparison."""
+    """The replay's own tables for the report: pin, what would have happened, events banded green
+    by site, exclusions, drift (flagged rows and the score), and the side-by-side comparison; the
+    outcome is named as the spec names it."""
     pinned = outcome.pinned
     tables = {
         "Replay: pinned model and cohort": pd.DataFrame(
@@ -121,9 +145,9 @@ def report_tables(
                 }
             ]
         ),
-        "What would have happened, by year": outcome.what_if,
-        "Cancers that would have been banded green, by year and site": green_cancers_by_site(
-            outcome.green_cancers
+        "What would have happened, by year": _in_words(outcome.what_if, events),
+        f"{events[:1].upper()}{events[1:]} that would have been banded green, by year and site": (
+            _in_words(green_cancers_by_site(outcome.green_cancers), events)
         ),
         "Ineligible rows by reason (kept in the score file, status ineligible)": pd.DataFrame(
             outcome.summary.exclusions.most_common(),
@@ -141,7 +165,7 @@ def report_tables(
         .reset_index()
     )
     if comparison is not None:
-        tables |= comparison_tables(comparison)
+        tables |= {k: _in_words(v, events) for k, v in comparison_tables(comparison).items()}
     return tables
 
 
@@ -164,6 +188,7 @@ def write_report(
             "run_id": outcome.pinned.run_id,
             "cohort_path": cohort["path"],
             "cohort_digest": cohort["sha256"],
+            "cohort": cohort_summary(cohort),
             "code_version": code_version(),
             "n_input": outcome.summary.rows,
             "exclusions": dict(outcome.summary.exclusions),
@@ -176,7 +201,7 @@ def write_report(
         model_card=card,
         evaluation=outcome.evaluation,
         shap_sample=shap_sample,
-        extra_tables=report_tables(outcome, comparison, cohort),
+        extra_tables=report_tables(outcome, comparison, cohort, spec.outcome.plural_name),
     )
     path.write_text(html)
     return path
