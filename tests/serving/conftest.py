@@ -11,10 +11,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from models.spec import load_spec
 from serving.middleware import current_config
 from serving.release import release_champions
 from serving.server import Server
+from tests.small_specs import small_cohort_spec
 from training.cohorts.simulator import run_simulation
 from training.fit.train import TrainOptions, TrainResult, train_model
 from training.registry.promote import promote
@@ -36,7 +36,7 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Released:
     tracking = Tracking(root / "var")
     results = {}
     for name in ("any_cancer", "lower_gi"):
-        result = train_model(load_spec(name), TrainOptions(root / "cohort", n_boot=10))
+        result = train_model(small_cohort_spec(name), TrainOptions(root / "cohort", n_boot=10))
         logged = log_training(result, tracking)
         promote(tracking, result.spec, str(logged.version), override_reason="test fixture")
         results[name] = result

@@ -8,9 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
-from training.console import no_telemetry
+from training.cli.errors import UserErrorGroup
+from training.console import no_telemetry, project_workdir
 
 app = typer.Typer(
+    cls=UserErrorGroup,
     help="Cancer early-diagnosis triage models: catalogue, cohorts, training, serving, replay.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -18,23 +20,41 @@ app = typer.Typer(
 
 
 @app.callback()
-def main() -> None:
+def main(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="show the traceback of a user error (TRIAGE_DEBUG=1)")
+    ] = False,
+) -> None:
     """Cancer early-diagnosis triage models: catalogue, cohorts, training, serving, replay."""
     no_telemetry()  # no usage reports leave the machine
+    ctx.meta["triage.debug"] = debug
 
 
 WorkdirOption = Annotated[
     Path,
     typer.Option(
-        envvar="TRIAGE_HOME", help="work folder: MLflow store, artifacts, reports (git-ignored)"
+        envvar="TRIAGE_HOME",
+        help="work folder: reports, BentoML store, and the embedded MLflow store (git-ignored)",
+    ),
+]
+# The default work folder: the project's own var/ (never one in the current directory).
+WORKDIR = project_workdir()
+TrackingUriOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking store or server, e.g. http://mlflow:5000 (default: "
+        "$MLFLOW_TRACKING_URI, else SQLite in the work folder; the registry: "
+        "$MLFLOW_REGISTRY_URI, else the same)",
     ),
 ]
 
 
-def _tracking(workdir: Path):  # type: ignore[no-untyped-def]
+def _tracking(workdir: Path, tracking_uri: str | None = None):  # type: ignore[no-untyped-def]
     from training.registry.store import Tracking
 
-    return Tracking(workdir)
+    return Tracking(workdir, uri=tracking_uri or "")
 
 
 def _fmt_ci(block: dict[str, Any] | None) -> str:

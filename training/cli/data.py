@@ -4,13 +4,18 @@ simulator."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from training.cli.app import app
+from training.cli.app import WORKDIR, app
 from training.console import make_console
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from models.spec import ModelSpec
 
 
 @app.command()
@@ -62,7 +67,7 @@ def specs() -> None:
 
 @app.command()
 def validate(
-    file: Annotated[Path, typer.Argument(help="a wide cohort, CSV or Parquet")],
+    file: Annotated[Path, typer.Argument(help="a cohort: CSV, Parquet or a cohort folder")],
     spec: Annotated[
         str | None, typer.Option(help="spec name or path: column map and eligibility")
     ] = None,
@@ -71,15 +76,16 @@ def validate(
         Path | None, typer.Option("--issues-out", help="write every issue to this Parquet file")
     ] = None,
 ) -> None:
-    """Validate a cohort through the catalogue and print issues by code and field."""
+    """Validate a cohort through the catalogue: issues by code and field, each with an example
+    (its row and message), and the columns nothing recognised."""
     from models.analytes import CATALOGUE
     from models.columns import map_columns
     from models.frame_validation import validate_frame
     from models.spec import load_spec
-    from training.cohorts.reader import read_table
+    from training.cohorts.reader import open_cohort
 
-    frame = read_table(file)
     model_spec = load_spec(spec) if spec else None
+    frame = open_cohort(file, spec=model_spec).read()
     units: dict[str, str] = {}
     if model_spec is not None:
         frame, units = map_columns(frame, model_spec)
@@ -89,26 +95,55 @@ def validate(
         eligibility=model_spec.eligibility if model_spec else None,
         units=units,
     )
-    summary = result.summary()
-    table = Table(title=f"{file}: {len(frame):,} rows, {int(result.eligible.sum()):,} eligible")
-    for column in ("severity", "code", "field", "rows"):
-        table.add_column(column, justify="right" if column == "rows" else "left")
-    for row in summary.to_dict("records"):
-        style = "red" if row["severity"] == "error" else "yellow"
-        table.add_row(
-            str(row["severity"]),
-            str(row["code"]),
-            str(row["field"]),
-            f"{row['count']:,}",
-            style=style,
+    console = make_console()
+    console.print(issue_table(result.summary(), f"{file}: {len(frame):,} rows, "
+                              f"{int(result.eligible.sum()):,} eligible"))  # fmt: skip
+    unknown = unrecognised_columns(list(frame.columns), model_spec)
+    if unknown:
+        console.print(
+            f"[yellow]{len(unknown)} columns not recognised (ignored): {', '.join(unknown)}. "
+            f"Name them with catalogue codes or LOINC (`triage analytes`), or map them in a "
+            f"spec's column_map and pass --spec.[/yellow]"
         )
-    make_console().print(table if len(summary) else f"{file}: {len(frame):,} rows, no issues")
     if issues_out is not None:
         result.issues.to_parquet(issues_out, index=False)
     n_errors = int((result.issues["severity"] == "error").sum())
     if strict and n_errors:
-        make_console().print(f"[red]{n_errors:,} errors[/red]")
+        console.print(f"[red]{n_errors:,} errors[/red]")
         raise typer.Exit(code=1)
+
+
+def issue_table(summary: pd.DataFrame, title: str) -> Table | str:
+    """Issues by severity, code and field with their count and one example row and message."""
+    if not len(summary):
+        return f"{title}, no issues"
+    table = Table(title=title)
+    for column in ("severity", "code", "field", "rows", "example"):
+        table.add_column(column, justify="right" if column == "rows" else "left")
+    for row in summary.to_dict("records"):
+        table.add_row(
+            str(row["severity"]), str(row["code"]), str(row["field"]), f"{row['count']:,}",
+            f"row {row['row']:,}: {row['example']}",
+            style="red" if row["severity"] == "error" else "yellow",
+        )  # fmt: skip
+    return table
+
+
+def unrecognised_columns(columns: list[str], spec: ModelSpec | None) -> list[str]:
+    """Columns that are neither an analyte (code or LOINC, or its `_unit`), a role, a known
+    cohort column nor a spec's subgroup: what a validation without a column map ignores."""
+    from models.analytes import CATALOGUE
+    from models.spec import ROLES
+    from training.fit.train import META_COLUMNS
+
+    catalogue = spec.catalogue if spec is not None else CATALOGUE
+    known = {*ROLES, *META_COLUMNS, "cancer", "sample_time"}
+    if spec is not None:
+        known |= {spec.outcome.column, spec.split.date_column, *spec.subgroups}
+    return [
+        c for c in map(str, columns)
+        if c not in known and catalogue.resolve(c.removesuffix("_unit")) is None
+    ]  # fmt: skip
 
 
 @app.command()
@@ -119,7 +154,7 @@ def simulate(
         typer.Option(help="referrals: number of referrals; myeloma: population size"),
     ] = None,
     seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same files")] = 7,
-    out: Annotated[Path, typer.Option(help="output folder")] = Path("var/cohorts"),
+    out: Annotated[Path, typer.Option(help="output folder")] = WORKDIR / "cohorts",
     artefacts: Annotated[bool, typer.Option(help="inject the documented lab artefacts")] = True,
 ) -> None:
     """Simulate a cohort (wide and long Parquet plus a manifest) with known true risks."""

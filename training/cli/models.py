@@ -5,23 +5,27 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.table import Table
 
-from training.cli.app import WorkdirOption, _fmt_ci, _tracking, app
+from training.cli.app import WORKDIR, TrackingUriOption, WorkdirOption, _fmt_ci, _tracking, app
 from training.console import make_console, use_bentoml_store
 
 if TYPE_CHECKING:
     from training.cohorts.reader import Source
 
 
+MODEL_HELP = "registered model name (its logged spec is used), or a spec YAML file"
+
+
 @app.command()
 def train(
     spec: Annotated[str, typer.Option(help="spec name (e.g. lower_gi) or path to a spec YAML")],
     cohort: Annotated[Path, typer.Option(help="wide file, or folder with wide or long tables")],
-    workdir: WorkdirOption = Path("var"),
+    workdir: WorkdirOption = WORKDIR,
+    tracking_uri: TrackingUriOption = None,
     n_boot: Annotated[int, typer.Option(help="bootstrap resamples for CIs")] = 200,
     seed: Annotated[int | None, typer.Option(help="override the spec's seed")] = None,
     window_days: Annotated[int, typer.Option(help="as-of window for long cohorts")] = 90,
@@ -45,7 +49,11 @@ def train(
         seed=seed,
     )
     trained = train_and_register(
-        load_spec(spec), options, _tracking(workdir), workdir / "reports", register=register
+        load_spec(spec),
+        options,
+        _tracking(workdir, tracking_uri),
+        workdir / "reports",
+        register=register,
     )
     _print_training(trained.result, trained.logged, trained.report)
 
@@ -77,29 +85,59 @@ def _print_training(result, logged, report_path: Path) -> None:  # type: ignore[
         table.add_row(*row)
     console = make_console()
     console.print(table)
-    t = result.predictor.thresholds
+    console.print(f"thresholds: {describe_thresholds(result.predictor.thresholds, result.spec)}")
+    provenance = result.provenance
+    rows, events = provenance["rows"], provenance["events"]
     console.print(
-        f"thresholds: green < {t.rule_out:.4g}, red >= {t.rule_in:.4g}"
-        if t.rule_out is not None and t.rule_in is not None
-        else f"thresholds: green < {t.rule_out}, red >= {t.rule_in}"
+        "rows / events by period: "
+        + ", ".join(f"{name} {rows[name]:,} / {events[name]:,}" for name in rows)
+        + f" (early stopping: {result.spec.split.early_stopping_fraction:.0%} of the training "
+        "patients, at random)"
     )
-    console.print(f"excluded as ineligible: {result.provenance['exclusions'] or 'none'}")
-    console.print(f"run {logged.run_id}; registered version {logged.version} (alias challenger)")
+    for warning in (provenance.get("cohort") or {}).get("warnings", []):
+        console.print(f"[yellow]warning: {warning}[/yellow]")
+    console.print(f"excluded as ineligible: {provenance['exclusions'] or 'none'}")
+    registered = (
+        f"registered version {logged.version} (alias challenger)"
+        if logged.version is not None
+        else "not registered (--no-register)"
+    )
+    console.print(f"run {logged.run_id}; {registered}")
     console.print(f"report: {report_path}")
+
+
+def describe_thresholds(thresholds: Any, spec: Any) -> str:
+    """The green and red cut-offs, or why a band has none (its target was not met)."""
+    green = (
+        f"green < {thresholds.rule_out:.4g}"
+        if thresholds.rule_out is not None
+        else f"no green band (rule-out sensitivity {spec.triage.rule_out_sensitivity:g} not "
+        "reachable in the calibration period)"
+    )
+    red = (
+        f"red >= {thresholds.rule_in:.4g}"
+        if thresholds.rule_in is not None
+        else f"no red band (rule-in PPV {spec.triage.rule_in_ppv:g} not reached in the "
+        "calibration period)"
+    )
+    return f"{green}, {red}"
 
 
 @app.command()
 def compare(
-    spec: Annotated[str, typer.Option(help="spec name")],
-    workdir: WorkdirOption = Path("var"),
+    model: Annotated[str, typer.Option("--model", "--spec", help=MODEL_HELP)],
+    workdir: WorkdirOption = WORKDIR,
+    tracking_uri: TrackingUriOption = None,
     n_boot: Annotated[int, typer.Option(help="bootstrap resamples for paired CIs")] = 200,
 ) -> None:
     """Side-by-side table of registered versions and the champion."""
-    from models.spec import load_spec
     from training.registry.promote import compare as compare_versions
+    from training.registry.store import model_spec
 
-    frame = compare_versions(_tracking(workdir), load_spec(spec), n_boot=n_boot)
-    table = Table(title=f"{spec}: registered versions (evaluation period)")
+    tracking = _tracking(workdir, tracking_uri)
+    spec = model_spec(tracking, model)  # the champion's (else the latest version's) spec
+    frame = compare_versions(tracking, spec, n_boot=n_boot)
+    table = Table(title=f"{spec.name}: registered versions (evaluation period)")
     for column in ("version", "aliases", "AUC [CI]", "ΔAUC vs champion [CI]", "slope", "O/E",
                    "rule-out sens [CI]", "ruled out", "net benefit"):  # fmt: skip
         table.add_column(column)
@@ -124,21 +162,22 @@ def compare(
 
 @app.command()
 def promote(
-    spec: Annotated[str, typer.Option(help="spec name")],
+    model: Annotated[str, typer.Option("--model", "--spec", help=MODEL_HELP)],
     version: Annotated[str, typer.Option(help="registered version number or alias")],
-    workdir: WorkdirOption = Path("var"),
+    workdir: WorkdirOption = WORKDIR,
+    tracking_uri: TrackingUriOption = None,
     override_reason: Annotated[
         str | None, typer.Option(help="promote despite failed gates; recorded as a tag")
     ] = None,
 ) -> None:
     """Move alias champion to a version when every gate passes; otherwise refuse and say why."""
-    from models.spec import load_spec
     from training.registry.promote import promote as promote_version
+    from training.registry.store import model_spec
 
-    promoted, gates = promote_version(
-        _tracking(workdir), load_spec(spec), version, override_reason=override_reason
-    )
-    table = Table(title=f"{spec} v{version}: promotion gates")
+    tracking = _tracking(workdir, tracking_uri)
+    spec = model_spec(tracking, model, version)  # the gates of the spec the version was trained on
+    promoted, gates = promote_version(tracking, spec, version, override_reason=override_reason)
+    table = Table(title=f"{spec.name} v{version}: promotion gates")
     for column in ("gate", "result", "detail"):
         table.add_column(column)
     for gate in gates:
@@ -149,14 +188,24 @@ def promote(
     if not promoted:
         console.print("[red]refused: gates failed (use --override-reason to overrule)[/red]")
         raise typer.Exit(code=1)
-    console.print(f"{spec} v{version} is now champion")
-    release(workdir)
+    console.print(f"{spec.name} v{version} is now champion")
+    release(workdir, tracking_uri)
 
 
 @app.command()
 def report(
-    run_id: Annotated[str, typer.Argument(help="MLflow run id of a training run")],
-    workdir: WorkdirOption = Path("var"),
+    run_id: Annotated[
+        str | None, typer.Argument(help="MLflow run id of a training run (or give --model)")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="registered model name: report on one of its versions")
+    ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(help="with --model: version number or alias (default: champion, else latest)"),
+    ] = None,
+    workdir: WorkdirOption = WORKDIR,
+    tracking_uri: TrackingUriOption = None,
     out: Annotated[Path | None, typer.Option(help="HTML file to write")] = None,
 ) -> None:
     """Re-render a training run's HTML report from its logged artifacts."""
@@ -164,10 +213,18 @@ def report(
 
     from training.evaluation.report import render_report
     from training.registry.runs import comparison_tables
-    from training.registry.store import read_run_artifact, run_artifact_json
+    from training.registry.store import read_run_artifact, resolve_version, run_artifact_json
 
-    tracking = _tracking(workdir)
+    if (run_id is None) == (model is None):
+        raise typer.BadParameter("give a run id or --model NAME [--version V], not both")
+    tracking = _tracking(workdir, tracking_uri)
     client = tracking.client
+    if model is not None:
+        registered = resolve_version(client, model, version)
+        if registered.run_id is None:
+            raise typer.BadParameter(f"{model} v{registered.version} has no training run")
+        run_id = registered.run_id
+    assert run_id is not None
     card = run_artifact_json(client, run_id, "model_card.json")
     shap_sample = read_run_artifact(client, run_id, "shap_sample.parquet", pd.read_parquet)
     evaluation = run_artifact_json(client, run_id, "metrics.json")
@@ -186,11 +243,11 @@ def report(
 
 
 @app.command(name="models")
-def list_models(workdir: WorkdirOption = Path("var")) -> None:
+def list_models(workdir: WorkdirOption = WORKDIR, tracking_uri: TrackingUriOption = None) -> None:
     """Registered models with their versions, aliases and evaluation AUC."""
     from training.registry.promote import aliases_by_version
 
-    tracking = _tracking(workdir)
+    tracking = _tracking(workdir, tracking_uri)
     client = tracking.client
     table = Table(title="Registered models")
     for column in ("model", "version", "aliases", "AUC", "status", "run"):
@@ -207,19 +264,20 @@ def list_models(workdir: WorkdirOption = Path("var")) -> None:
 
 
 @app.command()
-def release(workdir: WorkdirOption = Path("var")) -> None:
+def release(workdir: WorkdirOption = WORKDIR, tracking_uri: TrackingUriOption = None) -> None:
     """Copy every champion from the MLflow registry into the BentoML store for serving."""
     use_bentoml_store(workdir)
     from serving.release import release_champions
 
-    released = release_champions(_tracking(workdir).uri)
+    tracking = _tracking(workdir, tracking_uri)
+    released = release_champions(tracking.uri, registry_uri=tracking.registry_uri)
     versions = ", ".join(f"{n} v{m['version']}" for n, m in released["models"].items())
     make_console().print(f"released {released['tag']}: {versions}")
 
 
 @app.command()
 def serve(
-    workdir: WorkdirOption = Path("var"),
+    workdir: WorkdirOption = WORKDIR,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 3000,
 ) -> None:
@@ -257,12 +315,16 @@ app.add_typer(audit_app, name="audit")
 
 @audit_app.command("export")
 def audit_export(
-    out: Annotated[Path, typer.Option(help="Parquet file to write")] = Path("var/audit.parquet"),
-    workdir: WorkdirOption = Path("var"),
+    out: Annotated[
+        Path | None, typer.Option(help="Parquet file to write (default: WORKDIR/audit.parquet)")
+    ] = None,
+    workdir: WorkdirOption = WORKDIR,
 ) -> None:
     """Write the audit trail (pseudonymised) to Parquet."""
     from serving.audit import AuditStore
     from serving.config import ServingConfig
+
+    out = out or workdir / "audit.parquet"
 
     env = {**os.environ, "TRIAGE_HOME": str(workdir)}
     store = AuditStore(ServingConfig.from_env(env).audit_url)

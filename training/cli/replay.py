@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import typer
 from rich.table import Table
 
-from training.cli.app import WorkdirOption, _fmt_ci, _tracking, app
+from training.cli.app import WORKDIR, TrackingUriOption, WorkdirOption, _fmt_ci, _tracking, app
 from training.console import make_console
 
 if TYPE_CHECKING:
@@ -30,7 +31,8 @@ def replay(
         bool, typer.Option(help="add base + per-feature contributions (calibrated log-odds)")
     ] = False,
     engine: Annotated[str, typer.Option(help="local (chunked) | spark")] = "local",
-    workdir: WorkdirOption = Path("var"),
+    workdir: WorkdirOption = WORKDIR,
+    tracking_uri: TrackingUriOption = None,
     source: Annotated[
         str, typer.Option(help="auto | wide | long: which tables of a cohort folder to use")
     ] = "auto",
@@ -38,6 +40,18 @@ def replay(
     chunk_rows: Annotated[int, typer.Option(help="rows per chunk (local engine)")] = 200_000,
     spark_master: Annotated[
         str | None, typer.Option(help="Spark master (default: spark-submit's, else local[*])")
+    ] = None,
+    period: Annotated[
+        str | None,
+        typer.Option(help="replay only a period of the model's spec: train | calibrate | evaluate"),
+    ] = None,
+    start: Annotated[
+        datetime | None,
+        typer.Option("--from", formats=["%Y-%m-%d"], help="only index dates on or after (ISO)"),
+    ] = None,
+    end: Annotated[
+        datetime | None,
+        typer.Option("--to", formats=["%Y-%m-%d"], help="only index dates on or before (ISO)"),
     ] = None,
 ) -> None:
     """Replay a cohort through pinned model version(s): scores, drift, evaluation, what-if."""
@@ -52,6 +66,8 @@ def replay(
         raise typer.BadParameter(f"--engine local|spark and --source auto|wide|long: {engine}")
     if not 1 <= len(model) <= 2:
         raise typer.BadParameter("give --model once, or twice for side by side")
+    if period is not None and (start is not None or end is not None):
+        raise typer.BadParameter("give --period, or --from/--to, not both")
     options = ReplayOptions(
         cohort=cohort,
         out=out,
@@ -62,17 +78,23 @@ def replay(
         chunk_rows=chunk_rows,
         n_boot=n_boot,
         spark_master=spark_master,
+        period=period,
+        start=None if start is None else start.date(),
+        end=None if end is None else end.date(),
     )
     console = make_console()
     with Progress(console=console, transient=True) as progress:
         rows = open_cohort(cohort, window, options.source).n_rows()
         task = progress.add_task("replaying", total=rows)
         result = run_replay(
-            _tracking(workdir), model, options, lambda done: progress.update(task, completed=done)
+            _tracking(workdir, tracking_uri),
+            model,
+            options,
+            lambda done: progress.update(task, completed=done),
         )
     table = Table(title=f"replay of {cohort} ({result.manifest['cohort']['rows']:,} rows)")
     for column in ("model", "run", "booster sha256", "scored", "ineligible", "green", "red",
-                   "drift flags", "AUC [95% CI]", "O/E", "cancers green"):  # fmt: skip
+                   "drift flags", "AUC [95% CI]", "O/E", "events in green"):  # fmt: skip
         table.add_column(column)
     for outcome in result.models:
         counts, ev, pinned = outcome.counts(), outcome.evaluation or {}, outcome.pinned

@@ -2,10 +2,14 @@
 
 A model may only see what was known before its index date. For each index event (a referral, or
 a person's index blood test) and each analyte, the result kept is the latest one taken within
-`window_days` before the index date: `index_date - window <= sample_time < index_date`. Anything
-on or after the index date is never used, however close. Test codes are resolved to catalogue
-codes through `Catalogue.resolve` (LOINC or catalogue code); values and units stay as reported,
-so the usual validation converts them afterwards. Training and replay both use this function.
+`window_days` before the index day: `index_day - window <= sample_time < index_day`, where the
+index day is the index date's calendar day in the spec's time zone (`training.cohorts.dates`:
+aware timestamps converted, naive ones taken as local). Anything on or after the index day is
+never used, whatever its time. Two results of one analyte taken at the same moment: the one
+later in the extract wins (an amended result is filed after the one it corrects). Test codes are
+resolved to catalogue codes through `Catalogue.resolve` (LOINC or catalogue code); values and
+units stay as reported, so the usual validation converts them afterwards. Training and replay
+both use this function.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import numpy.typing as npt
 import pandas as pd
 
 from models.analytes import CATALOGUE, Catalogue
+from training.cohorts.dates import calendar_days, local_times
+
+DEFAULT_TIME_ZONE = "Europe/London"  # the spec's `split.time_zone` default
 
 RESULT_COLUMNS = ("patient_id", "sample_time", "code", "value", "unit")
 EVENT_COLUMNS = ("patient_id", "index_date")
@@ -28,6 +35,7 @@ def as_of_wide(
     *,
     window_days: int = 90,
     catalogue: Catalogue = CATALOGUE,
+    time_zone: str = DEFAULT_TIME_ZONE,
 ) -> pd.DataFrame:
     """One row per index event (in the given order): the event's columns, then `{code}` (value
     as reported) and `{code}_unit` (unit as reported) for every analyte found in `results`, in
@@ -43,8 +51,9 @@ def as_of_wide(
         events["patient_id"].to_numpy(np.int64),
     )
     result_rows = np.flatnonzero(usable)[result_rows]
-    taken = _to_ns(results["sample_time"])[result_rows]
-    index_date = _to_ns(events["index_date"])[event_rows]
+    taken = _to_ns(local_times(results["sample_time"], time_zone, "sample_time"))[result_rows]
+    index_day, _ = calendar_days(events["index_date"], time_zone, "index_date")
+    index_date = _to_ns(index_day)[event_rows]
     window = np.timedelta64(window_days, "D")
     inside = (taken >= index_date - window) & (taken < index_date)
     result_rows, event_rows, taken = result_rows[inside], event_rows[inside], taken[inside]

@@ -29,7 +29,14 @@ from models.predictor import TriagePredictor, spec_feature_frame
 from models.reference import reference_statistics
 from models.spec import ModelSpec
 from models.triage import Thresholds
-from training.cohorts.reader import CohortError, Source, open_cohort
+from training.cohorts.dates import implied_precision, tied_share
+from training.cohorts.reader import (
+    CohortError,
+    CohortSource,
+    Source,
+    made_by_simulator,
+    open_cohort,
+)
 from training.evaluation.metrics import (
     choose_rule_in_threshold,
     choose_rule_out_threshold,
@@ -40,6 +47,7 @@ from training.fit.baseline import SplineLogisticBaseline
 from training.provenance import code_version
 
 PERIODS = ("train", "stop", "calibrate", "evaluate")
+STOP_MIN_EVENTS = 10  # events (and non-events) the early-stopping slice needs at least
 META_COLUMNS = (
     "patient_id", "referral_id", "index_date", "pathway", "lab", "deprivation", "ethnicity",
     "cancer_site", "true_risk", "duffy_null",
@@ -93,10 +101,11 @@ def select_population(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
 
 
 def validate_cohort(frame: pd.DataFrame, spec: ModelSpec, digest: str) -> Cohort:
-    """Validate every row through the catalogue; keep eligible rows, count exclusions by reason."""
-    missing = [c for c in (spec.outcome.column, spec.split.date_column) if c not in frame]
-    if missing:
-        raise CohortError(f"the cohort lacks required columns {missing}")
+    """Validate every row through the catalogue; keep eligible rows, count exclusions by reason.
+
+    `frame` is in the spec's terms (`open_cohort(..., spec=spec)`): columns mapped, index dates
+    read as calendar days."""
+    require_columns(frame, spec)
     mapped, units = map_columns(frame, spec)
     checked = validate_frame(
         mapped, catalogue=spec.catalogue, eligibility=spec.eligibility, units=units
@@ -105,22 +114,106 @@ def validate_cohort(frame: pd.DataFrame, spec: ModelSpec, digest: str) -> Cohort
     exclusions = errors.drop_duplicates(["row", "code"])["code"].value_counts().to_dict()
     values = checked.values
     for column in (*META_COLUMNS, spec.outcome.column, spec.split.date_column):
-        if column in frame and column not in values:
-            values[column] = frame[column].to_numpy()
-    values["patient_id"] = frame["patient_id"] if "patient_id" in frame else np.arange(len(frame))
+        if column in mapped and column not in values:
+            values[column] = mapped[column].to_numpy()
+    for subgroup in spec.subgroups:  # a mapped subgroup column travels with its rows
+        if subgroup in mapped and subgroup not in values:
+            values[subgroup] = mapped[subgroup].to_numpy()
     values[spec.split.date_column] = pd.to_datetime(values[spec.split.date_column])
-    eligible = values.loc[checked.eligible].reset_index(drop=True)
+    dated = values[spec.split.date_column].notna().to_numpy()
+    if (~dated).any():
+        exclusions["missing_index_date"] = int((~dated).sum())
+    eligible = values.loc[checked.eligible & dated].reset_index(drop=True)
+    if eligible.empty:
+        raise CohortError(_nothing_eligible(len(frame), errors))
     return Cohort(eligible, {str(k): int(v) for k, v in exclusions.items()}, len(frame), digest)
+
+
+def require_columns(frame: pd.DataFrame, spec: ModelSpec) -> None:
+    """The patient id, index date and outcome columns, with 0/1 outcomes; the error says how to
+    map a column under another name."""
+    roles = {"patient_id": "patient_id", spec.split.date_column: "index_date",
+             spec.outcome.column: "outcome"}  # fmt: skip
+    missing = [column for column in roles if column not in frame]
+    if missing:
+        hints = ", ".join(f"YOUR_COLUMN: {{code: {roles[c]}}}" for c in missing)
+        raise CohortError(
+            f"the cohort lacks required columns {missing}: a patient id (to keep a patient "
+            f"out of later periods), the index date and the outcome. If yours have other names, "
+            f"map them in the spec: column_map: {{{hints}}}. The cohort has: "
+            f"{', '.join(map(str, frame.columns[:15]))}{' ...' if len(frame.columns) > 15 else ''}"
+        )
+    outcome = pd.to_numeric(frame[spec.outcome.column], errors="coerce")
+    bad = frame[spec.outcome.column][~outcome.isin([0, 1])]
+    if len(bad):
+        raise CohortError(
+            f"outcome column {spec.outcome.column!r} must hold 0 or 1; found "
+            f"{sorted({str(v) for v in bad.unique()[:5]})} in {len(bad):,} rows. Map codes with "
+            f"column_map: {{{spec.outcome.column}: {{code: outcome, values: {{YES: 1, NO: 0}}}}}}"
+        )
+
+
+def _nothing_eligible(n_rows: int, errors: pd.DataFrame) -> str:
+    """Why no row is eligible: the most frequent reasons, each with an example message."""
+    reasons = (
+        errors.groupby("code")
+        .agg(rows=("row", "nunique"), example=("message", "first"))
+        .sort_values("rows", ascending=False)
+        .head(4)
+    )
+    lines = [f"no row of {n_rows:,} is eligible; the commonest reasons:"]
+    lines += [f"  {code}: {r.rows:,} rows (e.g. {r.example})" for code, r in reasons.iterrows()]
+    if {"age_out_of_range", "invalid_sex"} & set(reasons.index):
+        lines.append(
+            "  map age and sex columns with other names: column_map: {YOUR_AGE: {code: age}, "
+            "YOUR_SEX: {code: sex, values: {F: female, M: male}}}"
+        )
+    return "\n".join(lines)
+
+
+def describe_cohort(source: CohortSource, cohort: Cohort, spec: ModelSpec) -> dict[str, Any]:
+    """What the model card says about the data: the file, its hash, rows, dates and whether the
+    project's simulator made it (its manifest lists the files read), plus warnings about dates
+    (coarse or heaped) that change what the split means."""
+    column = cohort.frame[spec.split.date_column]
+    precision = implied_precision(column)
+    ties = tied_share(column)
+    warnings = []
+    if precision != "day":
+        warnings.append(
+            f"index dates are known only to the {precision} (taken as the middle of it): each "
+            f"{precision} falls whole into one period, and the as-of window of a long cohort "
+            f"cannot be honoured within it"
+        )
+    if ties >= 0.5:
+        warnings.append(
+            f"{ties:.0%} of rows share an index date with at least 1% of the cohort (heaped "
+            "dates); the early-stopping slice is a random share of patients, so it is unaffected"
+        )
+    return {
+        "name": source.path.name,
+        "sha256": source.digest(),
+        "rows": cohort.n_input,
+        "date_range": [column.min().date().isoformat(), column.max().date().isoformat()],
+        "date_precision": precision,
+        "ties": round(ties, 4),
+        "simulated": made_by_simulator(source.path),
+        "warnings": warnings,
+    }
 
 
 # --- split ---------------------------------------------------------------------------------------
 
 
-def split_periods(frame: pd.DataFrame, spec: ModelSpec) -> dict[str, pd.DataFrame]:
-    """Train / early-stopping / calibrate / evaluate by date, patient-disjoint across periods.
+def split_periods(frame: pd.DataFrame, spec: ModelSpec, seed: int) -> dict[str, pd.DataFrame]:
+    """Train / early-stopping / calibrate / evaluate, patient-disjoint across periods.
 
-    The early-stopping slice is the latest part of the training period; a patient who appears in
-    an earlier period is removed from every later one.
+    Periods come from the spec's dates (index days). The early-stopping slice is a seeded random
+    share (`split.early_stopping_fraction`) of the training period's *patients*, not a date cut:
+    tied or coarse dates (every date 1 July) would move whole years into a cut. A patient seen
+    in an earlier period is removed from every later one. The train, calibrate and evaluate
+    periods must each hold `split.min_events` events and non-events; the early-stopping slice
+    `STOP_MIN_EVENTS`.
     """
     dates = frame[spec.split.date_column].dt.date
     split = spec.split
@@ -130,23 +223,41 @@ def split_periods(frame: pd.DataFrame, spec: ModelSpec) -> dict[str, pd.DataFram
         "evaluate": dates.between(split.evaluate.start, split.evaluate.end),
     }
     train = frame[in_period["train"]]
-    cut = train[spec.split.date_column].quantile(1 - split.early_stopping_fraction)
-    periods = {
-        "train": train[train[spec.split.date_column] < cut],
-        "stop": train[train[spec.split.date_column] >= cut],
-    }
-    seen = set(periods["train"]["patient_id"])
-    periods["stop"] = periods["stop"][~periods["stop"]["patient_id"].isin(seen)]
-    seen |= set(periods["stop"]["patient_id"])
+    patients = np.sort(pd.unique(train["patient_id"]))
+    rng = np.random.default_rng(seed)
+    held = rng.random(len(patients)) < split.early_stopping_fraction
+    stopping = train["patient_id"].isin(patients[held]).to_numpy()
+    periods = {"train": train[~stopping], "stop": train[stopping]}
+    seen = set(patients)
     for name in ("calibrate", "evaluate"):
         rows = frame[in_period[name]]
         periods[name] = rows[~rows["patient_id"].isin(seen)].reset_index(drop=True)
         seen |= set(periods[name]["patient_id"])
     for name in PERIODS:
-        outcome = periods[name][spec.outcome.column]
-        if len(outcome) == 0 or outcome.nunique() < 2:
-            raise CohortError(f"the {name} period has {len(outcome)} rows and needs both outcomes")
+        check_period(name, periods[name][spec.outcome.column], spec)
     return {k: v.reset_index(drop=True) for k, v in periods.items()}
+
+
+def check_period(name: str, outcome: pd.Series, spec: ModelSpec) -> None:
+    """Enough events and non-events in a period, or a message naming what to change."""
+    events, rows = int(outcome.sum()), len(outcome)
+    # The early-stopping slice only picks a number of rounds: a fixed floor is enough there.
+    needed = (
+        min(STOP_MIN_EVENTS, spec.split.min_events) if name == "stop" else spec.split.min_events
+    )
+    if events >= needed and rows - events >= needed:
+        return
+    field = "split.early_stopping_fraction" if name == "stop" else f"split.{name}"
+    if name == "stop":
+        where = "the early-stopping share of the training patients"
+    else:
+        period = getattr(spec.split, name)
+        where = f"the {name} period {period.start}..{period.end}"
+    raise CohortError(
+        f"{where} has {rows:,} rows and {events:,} events ({rows - events:,} without); at least "
+        f"{needed} of each are needed (split.min_events). Widen {field}, or lower "
+        f"split.min_events knowingly (estimates from few events are unstable)"
+    )
 
 
 # --- fit and calibrate ----------------------------------------------------------------------------
@@ -215,9 +326,9 @@ def train_model(spec: ModelSpec, options: TrainOptions) -> TrainResult:
     """Build, calibrate and judge one model from a cohort (no tracking: see `log_training`)."""
     started = time.perf_counter()
     seed = spec.seed if options.seed is None else options.seed
-    source = open_cohort(options.cohort, options.window_days, options.source)
+    source = open_cohort(options.cohort, options.window_days, options.source, spec=spec)
     cohort = validate_cohort(select_population(source.read(), spec), spec, source.digest())
-    periods = split_periods(cohort.frame, spec)
+    periods = split_periods(cohort.frame, spec, seed)
     y = {k: v[spec.outcome.column].to_numpy(np.int64) for k, v in periods.items()}
 
     x = {k: spec_feature_frame(spec, v) for k, v in periods.items()}
@@ -243,6 +354,7 @@ def train_model(spec: ModelSpec, options: TrainOptions) -> TrainResult:
         "lightgbm_version": lgb.__version__,
         "best_iteration": int(classifier.best_iteration_ or spec.lightgbm.n_estimators),
         "n_input": cohort.n_input,
+        "cohort": describe_cohort(source, cohort, spec),
         "exclusions": cohort.exclusions,
         "rows": {k: len(v) for k, v in periods.items()},
         "events": {k: int(v.sum()) for k, v in y.items()},
@@ -288,7 +400,10 @@ def fit_baseline(
         continuous=[*features.analytes, *(["age"] if "age" in features.demographics else [])],
         binary=["sex"] if "sex" in features.demographics else [],
         categorical=list(features.context),
-    ).fit(x["train"], y["train"])
+    ).fit(  # every training row: the baseline has no early stopping to hold rows out for
+        pd.concat([x["train"], x["stop"]], ignore_index=True),
+        np.concatenate([y["train"], y["stop"]]),
+    )
     calibration = calibrate(model, x["calibrate"], y["calibrate"], spec)
     probability = calibration.probability(model.decision_function(x["evaluate"]))
     return model, calibration, probability

@@ -8,14 +8,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from models.predictor import META_FILE, TriagePredictor
-from models.spec import ModelSpec
+from models.spec import DateRange, ModelSpec
 from training.cohorts.reader import CohortError, Source
 from training.registry.store import (
     PREDICTOR_SUBDIR,
@@ -29,6 +30,7 @@ FloatArray = npt.NDArray[np.float64]
 Engine = Literal["local", "spark"]
 ProgressCallback = Callable[[int], None]
 DEFAULT_CHUNK_ROWS = 200_000
+PERIOD_NAMES = ("train", "calibrate", "evaluate")
 
 
 # --- options and the pinned model -----------------------------------------------------------------
@@ -49,6 +51,25 @@ class ReplayOptions:
     seed: int | None = None
     num_threads: int = 0  # 0: all cores for batch scoring
     spark_master: str | None = None  # None: spark-submit's master, else local[*]
+    period: str | None = None  # a spec period (train | calibrate | evaluate) to restrict to
+    start: date | None = None  # only index days on or after this (with `end`: a custom period)
+    end: date | None = None  # only index days on or before this
+
+    def date_range(self, spec: ModelSpec) -> DateRange | None:
+        """The index days to replay: a period of the (first) model's spec, or `start`..`end`
+        (either open), or None for every row."""
+        if self.period is not None:
+            if self.period not in PERIOD_NAMES:
+                raise CohortError(
+                    f"unknown period {self.period!r}; the spec's periods are {list(PERIOD_NAMES)}"
+                )
+            return cast(DateRange, getattr(spec.split, self.period))
+        if self.start is None and self.end is None:
+            return None
+        try:
+            return DateRange(start=self.start or date.min, end=self.end or date.max)
+        except ValueError:
+            raise CohortError(f"--from {self.start} is after --to {self.end}") from None
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,9 @@ def replay_models(
     labels = [m.pinned.label for m in models]
     if len(set(labels)) != len(labels):
         raise ValueError(f"side by side needs two different versions, got {labels}")
-    cohort = open_cohort(options.cohort, options.window_days, options.source)
+    spec = models[0].predictor.spec  # the cohort is read in the (first) model's terms
+    period = options.date_range(spec)
+    cohort = open_cohort(options.cohort, options.window_days, options.source, spec, period)
     options.out.mkdir(parents=True, exist_ok=True)
     clear_outputs(options.out)
     for model in models:
@@ -100,6 +102,7 @@ def replay_models(
         "files": [p.name for p in cohort.files],
         "sha256": cohort.digest(),
         "rows": outcomes[0].summary.rows,
+        "period": None if period is None else {"start": str(period.start), "end": str(period.end)},
     }
     outputs = [p for o in outcomes for p in o.summary.scores_files]
     outputs += write_outputs(outcomes, models, comparison, info, options, seed)

@@ -245,7 +245,7 @@ def count_partitions(
 
 def _wide_files(cohort: CohortSource, scratch: Path, chunk_rows: int) -> list[str]:
     """Parquet files Spark can read: the cohort's own, or a wide file made by the driver."""
-    if cohort.kind == "wide_parquet":
+    if cohort.kind == "wide_parquet" and cohort.passthrough:
         return [p.resolve().as_uri() for p in cohort.files]
     target = scratch / "cohort_wide.parquet"
     frame = pd.concat(list(cohort.chunks(chunk_rows)), ignore_index=True)
