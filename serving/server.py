@@ -80,8 +80,14 @@ class Server:
         a session of its own): a crash, not a shutdown."""
         if self.process is None:
             return
+        # BentoML's workers run in process groups of their own: found before the kill (after
+        # it they are orphans, adopted by init) and killed too, or they outlive the server.
+        workers = descendants(self.process.pid)
         with contextlib.suppress(ProcessLookupError):  # already gone
             os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
     def stop(self) -> None:
@@ -91,3 +97,19 @@ class Server:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill_hard()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux: /proc's children lists; empty elsewhere)."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:  # the task ended meanwhile, or no /proc
+                continue
+            found += children
+            pending += children
+    return found

@@ -41,3 +41,17 @@ def test_kill_9_under_load_keeps_every_acknowledged_row(released: Released, tmp_
     assert figures["responses_200"] > 0, figures
     assert figures["integrity_problems"] == [], figures
     assert figures["ok_requests_missing_from_audit"] == 0, "a client's 200 always has its row"
+    assert not processes_of(tmp_path), "no worker of the killed or restarted server outlives it"
+
+
+def processes_of(home: Path) -> list[int]:
+    """PIDs of live processes started with this work folder as their TRIAGE_HOME (Linux)."""
+    marker = f"TRIAGE_HOME={home}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+    return found
