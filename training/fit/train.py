@@ -192,7 +192,7 @@ def describe_cohort(source: CohortSource, cohort: Cohort, spec: ModelSpec) -> di
         )
     return {
         "name": source.path.name,
-        "sha256": source.digest(),
+        "sha256": cohort.digest,
         "rows": cohort.n_input,
         "date_range": [column.min().date().isoformat(), column.max().date().isoformat()],
         "date_precision": precision,
