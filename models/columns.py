@@ -20,17 +20,23 @@ class ColumnError(ValueError):
     """A frame without a column its spec's `column_map` names, or with a clashing column."""
 
 
-def map_columns(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, dict[str, str]]:
+def map_columns(
+    frame: pd.DataFrame, spec: ModelSpec, *, strict: bool = False
+) -> tuple[pd.DataFrame, dict[str, str]]:
     """Rename and recode a cohort's columns by the spec's `column_map`.
 
     Returns the mapped frame and the declared unit of each mapped analyte (the validation
     converts it). A column already under its target name (a frame mapped before) is left alone.
+    A mapped model input (an analyte, age, sex, pathway) must be there; so must every mapped
+    column when `strict` (a cohort file, read whole). Rows to score alone (the MLflow pyfunc,
+    whose schema keeps the model inputs only) need no patient id, index date or outcome.
     """
     if not spec.column_map:
         return frame, {}
     targets = {column: spec.column_target(m) for column, m in spec.column_map.items()}
     pending = {c: t for c, t in targets.items() if c != t and not _already_mapped(frame, c, t)}
-    missing = [c for c, t in targets.items() if c not in frame.columns and t not in frame.columns]
+    needed = targets if strict else {c: t for c, t in targets.items() if _model_input(spec, t)}
+    missing = [c for c, t in needed.items() if c not in frame.columns and t not in frame.columns]
     if missing:
         raise ColumnError(
             f"columns named in the spec's column_map are missing: {missing}; the cohort has "
@@ -42,6 +48,7 @@ def map_columns(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, dic
             f"column_map targets already present in the cohort: {clashes}; map only one column "
             "to each"
         )
+    pending = {c: t for c, t in pending.items() if c in frame.columns}
     mapped = frame.rename(columns=pending) if pending else frame
     recoded = {
         targets[c]: _recode(mapped[targets[c]], m, c)
@@ -52,6 +59,10 @@ def map_columns(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, dic
         mapped = mapped.assign(**recoded)
     units = {targets[c]: m.unit for c, m in spec.column_map.items() if m.unit is not None}
     return mapped, units
+
+
+def _model_input(spec: ModelSpec, target: str) -> bool:
+    return target in spec.catalogue or target in ("age", "sex", "pathway")
 
 
 def _already_mapped(frame: pd.DataFrame, column: str, target: str) -> bool:

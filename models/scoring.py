@@ -85,12 +85,12 @@ def validate_rows(
     checked = validate_frame(
         mapped, catalogue=spec.catalogue, eligibility=spec.eligibility, units=units
     )
-    if "pathway" in frame:
-        pathway = frame["pathway"]
+    if "pathway" in mapped:  # the cohort's own pathway column too, once mapped
+        pathway = mapped["pathway"]
         # A categorical maps its few categories to the model's codes, not every row.
         categorical = isinstance(pathway.dtype, pd.CategoricalDtype)
         checked.values["pathway"] = pathway.array if categorical else pathway.to_numpy(object)
-    return checked, *pathway_refusals(frame, spec)
+    return checked, *pathway_refusals(mapped, spec)
 
 
 def model_warning_rows(

@@ -73,7 +73,15 @@ def test_an_outcome_code_not_listed_is_refused() -> None:
 
 def test_a_missing_mapped_column_names_it_and_what_the_cohort_has() -> None:
     with pytest.raises(ColumnError, match=r"missing: \['pid'\]; the cohort has sexe"):
-        map_columns(FRAME.drop(columns=["pid"]), spec_with(MAP))
+        map_columns(FRAME.drop(columns=["pid"]), spec_with(MAP), strict=True)
+    with pytest.raises(ColumnError, match=r"missing: \['hb'\]"):
+        map_columns(FRAME.drop(columns=["hb"]), spec_with(MAP))
+
+
+def test_rows_to_score_need_the_model_inputs_but_no_patient_id_date_or_outcome() -> None:
+    inputs_only = FRAME.drop(columns=["pid", "when", "died", "imd"])
+    mapped, _ = map_columns(inputs_only, spec_with(MAP))
+    assert {"sex", "haemoglobin", "age"} <= set(mapped.columns), "the model inputs are mapped"
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from models.analytes import CATALOGUE
+from models.scoring import score_frame
 from models.spec import load_spec, parse_spec
 from models.units import from_canonical
 from training.cli import app
@@ -212,4 +213,23 @@ def test_spark_replays_the_foreign_layout_as_the_local_engine_does(
         frames[0].drop(columns=["warnings", "reasons"]).reset_index(drop=True),
         frames[1].drop(columns=["warnings", "reasons"]).reset_index(drop=True),
         obj="Spark vs local scores of a cohort in its own layout",
+    )
+
+
+def test_the_pyfunc_takes_rows_in_the_cohorts_own_columns_units_and_codes(
+    trained, cohorts: dict[str, Path], tmp_path: Path
+) -> None:
+    import mlflow
+
+    result = trained["foreign"]
+    log_training(result, Tracking(tmp_path / "var"))
+    model = mlflow.pyfunc.load_model("models:/my_referrals@challenger")
+    names = model.metadata.get_input_schema().input_names()
+    assert {"gender", "hb_g_dl", "creat_mg_dl", "age_years", "route"} <= set(names), names
+    rows = pd.read_csv(cohorts["foreign"]).head(200)
+    out = model.predict(rows)
+    scored = score_frame(result.predictor, rows)
+    assert (out["status"] == "scored").mean() > 0.9, "rows in the user's layout are scored"
+    assert np.array_equal(out["probability"].to_numpy(), scored.probability, equal_nan=True), (
+        "the pyfunc maps the user's columns exactly as replay's frame scorer does"
     )

@@ -141,7 +141,7 @@ class CohortSource:
             present = {c: m for c, m in spec.column_map.items() if c in frame}
             spec = spec.model_copy(update={"column_map": present})
         try:
-            return map_columns(frame, spec)[0]
+            return map_columns(frame, spec, strict=not partial)[0]
         except ColumnError as error:
             raise CohortError(f"{self.path.name}: {error}") from None
 

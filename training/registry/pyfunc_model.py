@@ -1,8 +1,9 @@
 """The MLflow pyfunc face of a TriagePredictor, logged as "models from code" (nothing pickled).
 
 `mlflow.pyfunc.load_model` and `mlflow models serve` use it. Input: one row per patient with
-analyte values named by catalogue code (or by the spec's column map) in canonical units, `age`,
-`sex` (and `pathway` for models that need it). Rows go through `models.scoring.score_frame`, the
+analyte values named by catalogue code in canonical units, `age`, `sex` (and `pathway` for models
+that need it), or, for a spec with a `column_map`, the cohort's own column names, units and codes
+(the logged signature names them). Rows go through `models.scoring.score_frame`, the
 frame scorer replay uses, so the pyfunc refuses exactly what replay refuses (pathway refusals
 included). Output: `probability`, `band` and `status` ("scored", or the error codes that made the
 row ineligible, comma-separated; such rows get no probability).

@@ -19,10 +19,11 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.types.schema import ColSpec, Schema, TensorSpec
+from mlflow.types.schema import AnyType, ColSpec, Schema, TensorSpec
 
 import models
-from models.spec import ModelSpec
+from models.spec import ColumnMapping, ModelSpec
+from models.units import from_canonical
 from training.evaluation.card import build_model_card
 from training.evaluation.model import summary_metrics
 from training.evaluation.report import render_report
@@ -57,18 +58,35 @@ def pip_requirements() -> list[str]:
 
 
 def signature(spec: ModelSpec) -> ModelSignature:
-    """Canonical-unit inputs named by catalogue code; probability, band and status out."""
+    """The model's inputs as its users send them: analytes by catalogue code in canonical units,
+    `age`, `sex` (and `pathway`), or by the cohort's own column names, units and codes where the
+    spec's `column_map` maps them; probability, band and status out.
+
+    The inputs are typed Any: the schema names them, and the project's validation judges their
+    values (a non-number is refused with its error code). MLflow's own types would refuse a
+    whole frame for an integer column (platelets, age from a CSV) where a double is declared."""
+    names = input_names(spec)
     inputs: list[ColSpec | TensorSpec] = [
-        ColSpec("double", code, required=False) for code in spec.features.analytes
+        ColSpec(AnyType(), names.get(code, code), required=False) for code in spec.features.analytes
     ]
-    inputs += [ColSpec("double", "age"), ColSpec("string", "sex")]
-    inputs += [ColSpec("string", name) for name in spec.features.context]
+    inputs += [
+        ColSpec(AnyType(), names.get(name, name)) for name in ("age", "sex", *spec.features.context)
+    ]
     outputs: list[ColSpec | TensorSpec] = [
         ColSpec("double", "probability"),
         ColSpec("string", "band"),
     ]
     outputs.append(ColSpec("string", "status"))
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
+def input_names(spec: ModelSpec) -> dict[str, str]:
+    """Each mapped model input's name in the user's cohort (`column_map`: theirs -> ours)."""
+    return {spec.column_target(m): column for column, m in spec.column_map.items()}
+
+
+def _mapping_of(spec: ModelSpec, target: str) -> ColumnMapping | None:
+    return next((m for m in spec.column_map.values() if spec.column_target(m) == target), None)
 
 
 def comparison_tables(evaluation: dict[str, Any]) -> dict[str, pd.DataFrame]:
@@ -84,16 +102,31 @@ def comparison_tables(evaluation: dict[str, Any]) -> dict[str, pd.DataFrame]:
 
 
 def input_example(spec: ModelSpec) -> pd.DataFrame:
-    """A made-up patient at the reference midpoints: never a real record inside the artifact."""
+    """A made-up patient at the reference midpoints (never a real record inside the artifact),
+    in the user's own columns, units and codes where the spec maps them."""
     row: dict[str, Any] = {}
     for code in spec.features.analytes:
-        interval = spec.catalogue[code].reference
+        analyte = spec.catalogue[code]
+        interval = analyte.reference
         low = interval.low if interval.low is not None else 0.0
-        row[code] = low if interval.high is None else (low + interval.high) / 2
-    row |= {"age": 65.0, "sex": "female"}
+        value = low if interval.high is None else (low + interval.high) / 2
+        mapping = _mapping_of(spec, code)
+        if mapping is not None and mapping.unit is not None:
+            value = from_canonical(analyte, value, mapping.unit)
+        row[code] = value
+    row |= {"age": 65.0, "sex": _coded(spec, "sex", "female")}
     if "pathway" in spec.features.context:
-        row["pathway"] = spec.cohort.pathways[0] if spec.cohort.pathways else "lower_gi"
-    return pd.DataFrame([row])
+        pathway = spec.cohort.pathways[0] if spec.cohort.pathways else "lower_gi"
+        row["pathway"] = _coded(spec, "pathway", pathway)
+    names = input_names(spec)
+    return pd.DataFrame([row]).rename(columns=names)
+
+
+def _coded(spec: ModelSpec, target: str, meaning: str) -> Any:
+    """The user's code for `meaning` in a coded column (the meaning itself when none is stated)."""
+    mapping = _mapping_of(spec, target)
+    codes = [c for c, m in ((mapping.values or {}) if mapping else {}).items() if m == meaning]
+    return codes[0] if codes else meaning
 
 
 def render(result: TrainResult, run_id: str | None = None) -> tuple[dict[str, Any], str]:
