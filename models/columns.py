@@ -75,8 +75,11 @@ def _recode(column: pd.Series, mapping: ColumnMapping, name: str) -> pd.Series:
     distinct value, not per row."""
     recoding = mapping.recoding()
     positions, uniques = pd.factorize(column)
+    # An unlisted code stays, as text (one type per column, so it can be written to Parquet).
     meanings = np.array(
-        [recoding.get(code_text(u), u) for u in uniques] + [None], dtype=object
+        [recoding.get(code_text(u), u if isinstance(u, str) else code_text(u)) for u in uniques]
+        + [None],
+        dtype=object,
     )  # the -1 of a missing value picks the trailing None
     values = meanings[positions]
     if all(isinstance(v, int | np.integer) for v in recoding.values()):

@@ -43,7 +43,7 @@ FRAME = pd.DataFrame(
 def test_roles_codes_and_units_map_onto_the_models_names() -> None:
     mapped, units = map_columns(FRAME, spec_with(MAP))
     assert list(mapped["patient_id"]) == [10, 11, 12]
-    assert list(mapped["sex"]) == ["male", "female", 3], "an unlisted code is kept, to be refused"
+    assert list(mapped["sex"]) == ["male", "female", "3"], "an unlisted code is kept, refused"
     assert list(mapped["cancer"]) == [1, 0, 0], "the outcome lands in the spec's outcome column"
     assert "index_date" in mapped and "deprivation" in mapped
     assert units == {"haemoglobin": "g/dL"}
