@@ -50,10 +50,10 @@ def map_columns(
         )
     pending = {c: t for c, t in pending.items() if c in frame.columns}
     mapped = frame.rename(columns=pending) if pending else frame
-    recoded = {
+    recoded = {  # only columns this call brings in: a frame mapped before is recoded already
         targets[c]: _recode(mapped[targets[c]], m, c)
         for c, m in spec.column_map.items()
-        if m.values and targets[c] in mapped.columns
+        if m.values and c in frame.columns
     }
     if recoded:
         mapped = mapped.assign(**recoded)

@@ -78,8 +78,7 @@ def spec_feature_columns(
     """A spec's model inputs (float64, in order) from a frame of canonical values, for the rows
     at positions `rows` (every row when None)."""
     f = spec.features
-    derived = f.derived_features(spec.catalogue)
-    columns = feature_columns(values, f.analytes, derived, f.demographics, rows)
+    columns = feature_columns(values, f.analytes, spec.derived, f.demographics, rows)
     if "pathway" in f.context:
         columns["pathway"] = take_rows(map_codes(values["pathway"], PATHWAY_CODES), rows)
     return columns
@@ -123,7 +122,7 @@ class TriagePredictor:
                 f"{list(self.feature_names)}"
             )
         self.catalogue = spec.catalogue
-        self.derived = {d.name: d for d in spec.features.derived_features(self.catalogue)}
+        self.derived = {d.name: d for d in spec.derived}
         self.soft_limits = {
             name: (stats["low"], stats["high"])
             for name, stats in self.reference.get("features", {}).items()

@@ -331,11 +331,11 @@ class ModelSpec(_Frozen):
 
     @model_validator(mode="after")
     def _analytes_known(self) -> ModelSpec:
-        catalogue = CATALOGUE.extended(self.extra_analytes)
+        catalogue = self.catalogue
         unknown = [c for c in self.features.analytes if c not in catalogue]
         if unknown:
             raise ValueError(f"features.analytes: unknown analytes {unknown}")
-        self.features.derived_features(catalogue)  # raises naming features.derived[i]
+        _ = self.derived  # resolved once; raises naming features.derived[i]
         unknown = [c for c in self.eligibility.required_analytes if c not in catalogue]
         if unknown:
             raise ValueError(f"eligibility.required_analytes: unknown analytes {unknown}")
@@ -360,6 +360,11 @@ class ModelSpec(_Frozen):
     def catalogue(self) -> Catalogue:
         """The catalogue extended with this spec's own analytes."""
         return CATALOGUE.extended(self.extra_analytes)
+
+    @cached_property
+    def derived(self) -> tuple[DerivedFeature, ...]:
+        """The derived features resolved against this spec's catalogue, in order (once)."""
+        return self.features.derived_features(self.catalogue)
 
     @property
     def is_case_control(self) -> bool:

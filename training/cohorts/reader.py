@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from models.columns import ColumnError, map_columns
 from models.spec import DateRange, ModelSpec
 from training.cohorts.asof import DEFAULT_TIME_ZONE, as_of_wide
-from training.cohorts.dates import DateError, Precision, calendar_days
+from training.cohorts.dates import DateError, calendar_days
 from training.provenance import files_sha256
 
 Source = Literal["auto", "wide", "long"]
@@ -119,17 +119,17 @@ class CohortSource:
         column = self.spec.split.date_column
         if column not in frame:
             return frame
-        days, _ = self.index_days(frame[column])
+        days = self.index_days(frame[column])
         frame = frame.assign(**{column: days})
         if self.period is not None:
             start, end = (pd.Timestamp(d) for d in (self.period.start, self.period.end))
             frame = frame[days.between(start, end).to_numpy()].reset_index(drop=True)
         return frame
 
-    def index_days(self, column: pd.Series) -> tuple[pd.Series, Precision]:
-        """Index dates as calendar days in the spec's time zone, with their precision."""
+    def index_days(self, column: pd.Series) -> pd.Series:
+        """Index dates as calendar days in the spec's time zone."""
         try:
-            return calendar_days(column, self.time_zone, str(column.name))
+            return calendar_days(column, self.time_zone, str(column.name))[0]
         except DateError as error:
             raise CohortError(f"{self.path.name}: {error}") from None
 

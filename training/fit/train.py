@@ -173,7 +173,7 @@ def _nothing_eligible(n_rows: int, errors: pd.DataFrame) -> str:
 
 def describe_cohort(source: CohortSource, cohort: Cohort, spec: ModelSpec) -> dict[str, Any]:
     """What the model card says about the data: the file, its hash, rows, dates and whether the
-    project's simulator made it (its manifest lists the files read), plus warnings about dates
+    project's simulator made it (its manifest beside the files), plus warnings about dates
     (coarse or heaped) that change what the split means."""
     column = cohort.frame[spec.split.date_column]
     precision = implied_precision(column)
