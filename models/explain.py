@@ -24,11 +24,13 @@ DEMOGRAPHIC_PANEL = "demographics"
 
 
 def calibrated_contributions(
-    raw: FloatArray, calibration: LogitCalibration
+    raw: FloatArray, calibration: LogitCalibration, shift: FloatArray | None = None
 ) -> tuple[FloatArray, FloatArray]:
-    """(base, contributions) in calibrated log-odds from `pred_contrib` output (n, k + 1)."""
+    """(base, contributions) in calibrated log-odds from `pred_contrib` output (n, k + 1); `shift`
+    is each row's case-control offset (`LogitCalibration.row_shift`), added to its base."""
     contributions: FloatArray = raw[:, :-1] * calibration.slope
-    base: FloatArray = raw[:, -1] * calibration.slope + calibration.offset
+    offset = calibration.offset if shift is None else calibration.intercept + shift
+    base: FloatArray = raw[:, -1] * calibration.slope + offset
     return base, contributions
 
 

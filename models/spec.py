@@ -37,6 +37,13 @@ from models.features import (
     entry_name,
     resolve_derived,
 )
+from models.spec_policy import (
+    Calibration,
+    LightGBMParams,
+    ModelChoice,
+    PromotionGates,
+    TriagePolicy,
+)
 from models.units import is_accepted
 from models.validation import Eligibility
 
@@ -230,56 +237,6 @@ class Features(_Frozen):
         return (*self.analytes, *self.derived_names, *self.demographics, *self.context)
 
 
-class LightGBMParams(_Frozen):
-    n_estimators: int = Field(default=600, gt=0, le=20_000)
-    learning_rate: float = Field(default=0.05, gt=0, le=1)
-    num_leaves: int = Field(default=15, ge=2, le=4096)
-    max_depth: int = Field(default=4, ge=-1, le=64)
-    min_child_samples: int = Field(default=50, ge=1)
-    subsample: float = Field(default=0.8, gt=0, le=1)
-    subsample_freq: int = Field(default=1, ge=0)
-    colsample_bytree: float = Field(default=0.8, gt=0, le=1)
-    reg_lambda: float = Field(default=1.0, ge=0)
-    reg_alpha: float = Field(default=0.0, ge=0)
-    early_stopping_rounds: int = Field(default=50, gt=0)
-
-
-class Calibration(_Frozen):
-    method: Literal["sigmoid"] = Field(
-        default="sigmoid", description="affine in log-odds, which keeps SHAP exactly additive"
-    )
-    deployment_prevalence: float | None = Field(
-        default=None,
-        gt=0,
-        lt=1,
-        description="case-control data: population prevalence the probabilities are shifted to",
-    )
-
-
-class TriagePolicy(_Frozen):
-    rule_out_sensitivity: float = Field(gt=0.5, lt=1, description="green: sensitivity target")
-    rule_in_ppv: float = Field(gt=0, lt=1, description="red: PPV target")
-    recommendations: dict[Literal["green", "amber", "red"], str] = Field(
-        default_factory=dict,
-        description="the recommendation served with each band; a band left out gets the "
-        "cohort kind's default (models.triage); '{outcome}' is replaced by outcome.name",
-    )
-
-    @model_validator(mode="after")
-    def _texts_given(self) -> TriagePolicy:
-        empty = [band for band, text in self.recommendations.items() if not text.strip()]
-        if empty:
-            raise ValueError(f"recommendations: empty text for {empty}")
-        return self
-
-
-class PromotionGates(_Frozen):
-    calibration_slope: tuple[float, float] = (0.8, 1.2)
-    observed_expected: tuple[float, float] = (0.8, 1.25)
-    rule_out_sensitivity_margin: float = Field(default=0.02, ge=0, lt=0.5)
-    auc_non_inferior: bool = True
-
-
 # Column roles a cohort column can be mapped to besides an analyte or a subgroup column.
 ROLES: tuple[str, ...] = ("patient_id", "index_date", "age", "sex", "pathway", "lab", "outcome")
 SEXES = ("female", "male")
@@ -320,6 +277,7 @@ class ModelSpec(_Frozen):
     features: Features
     eligibility: Eligibility = Eligibility()
     split: Split
+    model: ModelChoice = ModelChoice()
     lightgbm: LightGBMParams = LightGBMParams()
     calibration: Calibration = Calibration()
     triage: TriagePolicy
@@ -339,6 +297,14 @@ class ModelSpec(_Frozen):
         unknown = [c for c in self.eligibility.required_analytes if c not in catalogue]
         if unknown:
             raise ValueError(f"eligibility.required_analytes: unknown analytes {unknown}")
+        case_control = self.calibration.case_control
+        needed = {"age_band": "age", "sex": "sex"}
+        for stratum in case_control.match_on if case_control else ():
+            if needed[stratum] not in self.features.demographics:
+                raise ValueError(
+                    f"calibration.case_control matches on {stratum}: features.demographics "
+                    f"must include {needed[stratum]} (each row's offset is looked up from it)"
+                )
         for column, mapping in self.column_map.items():
             _check_mapping(column, mapping, catalogue, self.subgroups)
         targets = [self.column_target(m) for m in self.column_map.values()]
@@ -368,7 +334,8 @@ class ModelSpec(_Frozen):
 
     @property
     def is_case_control(self) -> bool:
-        return self.calibration.deployment_prevalence is not None
+        c = self.calibration
+        return c.deployment_prevalence is not None or c.case_control is not None
 
     @cached_property
     def digest(self) -> str:

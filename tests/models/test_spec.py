@@ -35,7 +35,10 @@ def test_myeloma_spec_is_the_leeds_model() -> None:
     spec = load_spec("myeloma")
     assert set(spec.features.analytes) == LEEDS_MYELOMA_TESTS, "the 15 Leeds tests"
     assert spec.features.demographics == ("age", "sex")
-    assert spec.is_case_control and spec.calibration.deployment_prevalence == pytest.approx(6e-4)
+    design = spec.calibration.case_control
+    assert spec.is_case_control and design is not None, "matched case-control, per-stratum scale"
+    assert design.match_on == ("age_band", "sex") and design.age_band_years == 5
+    assert spec.calibration.deployment_prevalence is None, "no single global shift"
     assert spec.eligibility.min_age == 40
 
 

@@ -1,13 +1,16 @@
 """The cohort simulator: hand-computed pieces, then the acceptance checks on simulated cohorts.
 
-Cohorts are small (30,000 referrals, a 200,000-person myeloma population) and simulated once
-per module; anything slower is marked `slow`.
+Cohorts are small (30,000 referrals, a 200,000-person myeloma population; 60,000 people when
+the myeloma files are read back) and simulated once per module; anything slower is marked
+`slow`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +37,7 @@ from training.cohorts.simulator.world import (
 
 N_REFERRALS = 30_000
 N_POPULATION = 200_000
+N_FILES = 60_000  # the myeloma cohort written to disk
 SEED = 20261121
 # eGFR's "reference" (>= 90) is a CKD staging cut-off, not a 95% interval (it falls with age);
 # tumour markers are requested because they may be raised, so neither is a healthy sample.
@@ -573,6 +577,132 @@ def test_myeloma_effect_directions_and_tests(myeloma: SimulatedCohort) -> None:
     missing = [c for c in wanted if c not in wide.columns]
     assert not missing, f"myeloma cohort lacks {missing}"
     assert wide["haemoglobin"].notna().all(), "everyone has an FBC"
+
+
+# --- myeloma: the population table and its strata -----------------------------------------------
+
+SAMPLE_ONLY = ("matched_set", "sampling_fraction", "population_prevalence")
+
+
+@pytest.fixture(scope="module")
+def myeloma_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("myeloma")
+    return out, run_simulation(cohort="myeloma", n=N_FILES, seed=SEED, out=out)
+
+
+def test_strata_csv_recounts_the_population_table(
+    myeloma_files: tuple[Path, dict[str, Any]],
+) -> None:
+    out, manifest = myeloma_files
+    strata = pd.read_csv(out / "myeloma_strata.csv")
+    population = pd.read_parquet(out / "myeloma_population.parquet")
+    assert list(strata.columns) == ["age_from", "sex", "population", "cases"], "the user format"
+    assert all(strata[c].dtype == np.int64 for c in ("age_from", "population", "cases"))
+    assert len(population) == N_FILES, "one row per person"
+    np.testing.assert_array_equal(population["age_from"], population["age"] // 5 * 5)
+    recount = (
+        population.assign(sex=population["sex"].astype(str))
+        .groupby(["sex", "age_from"])["cancer"]
+        .agg(population="size", cases="sum")
+        .reset_index()[["age_from", "sex", "population", "cases"]]
+    )
+    pd.testing.assert_frame_equal(strata, recount, check_dtype=False, obj="strata vs recount")
+    for sex, rows in strata.groupby("sex"):
+        assert (np.diff(rows["age_from"]) == 5).all(), f"{sex}: contiguous 5-year bands"
+    assert (strata["population"] > 0).all(), "no empty band at this size"
+    counts = manifest["counts"]
+    assert counts["strata"] == strata.to_dict(orient="records"), "the manifest lists the strata"
+    non_cases = strata["population"].sum() - strata["cases"].sum()
+    assert counts["control_sampling_fraction"] == pytest.approx(
+        counts["sample_controls"] / non_cases
+    )
+
+
+def test_manifest_digests_the_population_files(
+    myeloma_files: tuple[Path, dict[str, Any]],
+) -> None:
+    out, manifest = myeloma_files
+    names = {"wide", "results", "index", "population"}
+    assert set(manifest["files"]) == {
+        *(f"myeloma_{name}.parquet" for name in names),
+        "myeloma_strata.csv",
+    }
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_sample_rows_are_the_population_rows(
+    myeloma_files: tuple[Path, dict[str, Any]],
+) -> None:
+    out, _ = myeloma_files
+    population = pd.read_parquet(out / "myeloma_population.parquet")
+    wide = pd.read_parquet(out / "myeloma_wide.parquet")
+    assert set(population.columns) == ({*wide.columns} - set(SAMPLE_ONLY)) | {"age_from"}
+    mine = population.set_index("referral_id").loc[wide["referral_id"]].reset_index()
+    shared = [c for c in wide.columns if c not in SAMPLE_ONLY]
+    # Values, sample dates, artefact flags, ids and dtypes: the sample is the population's rows.
+    pd.testing.assert_frame_equal(wide[shared], mine[shared], obj="sample vs population")
+    cases = population.loc[population["cancer"] == 1, "referral_id"]
+    assert set(cases) <= set(wide["referral_id"]), "every case of the population is sampled"
+
+
+def test_controls_per_stratum_are_the_sampling_fraction(myeloma: SimulatedCohort) -> None:
+    assert myeloma.strata is not None and myeloma.population is not None
+    strata = myeloma.strata.set_index(["sex", "age_from"])
+    wide = myeloma.wide.assign(
+        sex=myeloma.wide["sex"].astype(str), age_from=lambda f: f["age"] // 5 * 5
+    )
+    sampled = wide.groupby(["sex", "age_from"])["cancer"].agg(cases="sum", rows="size")
+    sampled = sampled.reindex(strata.index, fill_value=0)
+    controls = sampled["rows"] - sampled["cases"]
+    non_cases = strata["population"] - strata["cases"]
+    np.testing.assert_array_equal(sampled["cases"], strata["cases"], "every case sampled")
+    # r_s = controls / the population's non-cases: 4 per case where there are enough non-cases.
+    np.testing.assert_allclose(
+        controls / non_cases, np.minimum(4 * strata["cases"], non_cases) / non_cases
+    )
+    overall = controls.sum() / non_cases.sum()
+    assert myeloma.summary["control_sampling_fraction"] == pytest.approx(overall)
+    assert len(myeloma.summary["strata"]) == len(strata)
+
+
+def test_population_true_risk_sums_to_its_cases(myeloma: SimulatedCohort) -> None:
+    assert myeloma.population is not None
+    risk, cancer = myeloma.population["true_risk"], myeloma.population["cancer"]
+    sd = np.sqrt((risk * (1 - risk)).sum())
+    assert abs(cancer.sum() - risk.sum()) < 4 * sd, "true_risk is calibrated on the population"
+    assert myeloma.population["true_risk"].dtype == np.float64
+
+
+def test_population_files_are_deterministic(
+    myeloma_files: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    _, first = myeloma_files
+    again = run_simulation(cohort="myeloma", n=N_FILES, seed=SEED, out=tmp_path / "a")
+    other = run_simulation(cohort="myeloma", n=N_FILES, seed=SEED + 1, out=tmp_path / "b")
+    assert again == first, "same seed: same manifest, digests of the population files included"
+    for name in ("myeloma_population.parquet", "myeloma_strata.csv"):
+        assert other["files"][name] != first["files"][name], f"{name}: another seed differs"
+
+
+def test_myeloma_artefact_switches_off_alone(myeloma: SimulatedCohort) -> None:
+    params = MyelomaParams(n=N_POPULATION, artefacts=Artefacts(haemolysis=False))
+    partial = simulate_myeloma(params, np.random.default_rng(SEED))
+    assert partial.population is not None and myeloma.population is not None
+    full, off = myeloma.population, partial.population
+    assert not off["artefact_haemolysed"].any(), "haemolysis switched off"
+    pd.testing.assert_frame_equal(
+        off.drop(columns=["potassium", "artefact_haemolysed"]),
+        full.drop(columns=["potassium", "artefact_haemolysed"]),
+        obj="everything but haemolysis unchanged",
+    )
+    untouched = ~full["artefact_haemolysed"]
+    np.testing.assert_array_equal(off.loc[untouched, "potassium"], full.loc[untouched, "potassium"])
+    pd.testing.assert_frame_equal(
+        partial.wide.drop(columns=["potassium", "artefact_haemolysed"]),
+        myeloma.wide.drop(columns=["potassium", "artefact_haemolysed"]),
+        obj="the same sample",
+    )
 
 
 # --- slow: the downstream learnability promise ------------------------------------------------

@@ -18,6 +18,11 @@ in `world`, each step in the module named after it):
 5. lab artefacts (`extracts`; switchable, `Artefacts`) touch reported values only, never the truth;
 6. the long extract (`extracts`) surrounds each index sample with older and post-index draws.
 
+The myeloma cohort makes its index draws and artefacts once for the whole population; the
+matched sample takes its people's rows, so `myeloma_population.parquet` (everyone, same wide
+layout) and `myeloma_wide.parquet` (the sample) agree value for value, and `myeloma_strata.csv`
+holds the population's people and cases per matching stratum.
+
 Everything random flows from one `numpy.random.Generator` seeded from the seed; each stage gets
 its own spawned child stream, so switching an artefact off leaves every other draw unchanged.
 """
@@ -44,13 +49,16 @@ from training.cohorts.simulator.extracts import (
     index_draws,
     inject_artefacts,
     long_results,
+    population_wide,
+    take_draws,
 )
 from training.cohorts.simulator.outcomes import (
+    band_start,
     draw_outcomes,
     match_controls,
     oracle_auc,
+    population_strata,
     sampled_index_events,
-    take_rows_of,
 )
 from training.cohorts.simulator.people import draw_population, draw_referrals
 from training.cohorts.simulator.world import (
@@ -82,8 +90,9 @@ def run_simulation(
     out: Path | str = Path("var/cohorts"),
     artefacts: bool | Artefacts = True,
 ) -> dict[str, Any]:
-    """Simulate a cohort, write `{cohort}_wide/_results/_index.parquet` and `manifest.json` into
-    `out`, and return the manifest (seed, parameters, counts, file digests, code version)."""
+    """Simulate a cohort, write `{cohort}_wide/_results/_index.parquet` (for myeloma also
+    `_population.parquet` and `_strata.csv`) and `manifest.json` into `out`, and return the
+    manifest (seed, parameters, counts, file digests, code version)."""
     switches = artefacts if isinstance(artefacts, Artefacts) else _switches(artefacts)
     rng = np.random.default_rng(seed)
     params: ReferralParams | MyelomaParams
@@ -127,7 +136,8 @@ def simulate_referrals(params: ReferralParams, rng: np.random.Generator) -> Simu
 
 
 def simulate_myeloma(params: MyelomaParams, rng: np.random.Generator) -> SimulatedCohort:
-    """Myeloma: population -> bloods -> outcome -> matched case-control sample -> extracts."""
+    """Myeloma: population -> bloods -> outcome -> index draws and artefacts for everyone ->
+    matched case-control sample (their rows of those draws) -> older and later draws."""
     people_rng, blood_rng, testing_rng, outcome_rng, artefact_rng, history_rng = rng.spawn(6)
     population = draw_population(params, people_rng)
     latent = draw_latent(
@@ -136,24 +146,30 @@ def simulate_myeloma(params: MyelomaParams, rng: np.random.Generator) -> Simulat
         comorbid_share=params.comorbid_share,
         comorbid_scale=params.comorbid_scale,
     )
-    truth = draw_bloods(population, latent, blood_rng, duffy_effect=params.artefacts.duffy_null)
-    tested = draw_testing(population, latent, testing_rng, PRIMARY_CARE_TESTING)
-    seen = mask_untested(truth, tested)
+    # Nested so that the unmasked values are freed at once (memory at 4M people).
+    seen = mask_untested(
+        draw_bloods(population, latent, blood_rng, duffy_effect=params.artefacts.duffy_null),
+        draw_testing(population, latent, testing_rng, PRIMARY_CARE_TESTING),
+    )
     targets = {PRIMARY_CARE: params.incidence}
     events, intercepts = draw_outcomes(
         population, seen, (MYELOMA_PRIMARY_CARE,), targets, outcome_rng, MYELOMA_HORIZON_DAYS
     )
+    draws = index_draws(population, seen, params.window_days, testing_rng)
+    everyone, all_flags = inject_artefacts(draws, params.artefacts, artefact_rng)
     rows, matched_set = match_controls(events, params, outcome_rng)
     sample = population.iloc[rows].reset_index(drop=True)
     index = sampled_index_events(events, rows, matched_set, params)
-    draws = index_draws(sample, take_rows_of(seen, rows), params.window_days, testing_rng)
-    reported, flags = inject_artefacts(draws, params.artefacts, artefact_rng)
+    reported, flags = take_draws(everyone, all_flags, rows)
     history = draw_history(sample, latent[rows], params, PRIMARY_CARE_TESTING, history_rng)
     history = inject_artefacts(history, params.artefacts, artefact_rng)[0]
     results = long_results([reported, history])
     wide = assemble_wide(index, reported, flags)
-    summary = myeloma_summary(events, wide, results, params, intercepts)
-    return SimulatedCohort("myeloma", wide, results, index, summary)
+    strata = population_strata(events, params)
+    summary = myeloma_summary(events, wide, results, params, intercepts, strata)
+    age_from = band_start(events["age"], params)
+    whole = population_wide(events, everyone, all_flags, age_from)
+    return SimulatedCohort("myeloma", wide, results, index, summary, whole, strata)
 
 
 def referral_summary(
@@ -190,11 +206,15 @@ def myeloma_summary(
     results: pd.DataFrame,
     params: MyelomaParams,
     intercepts: Mapping[str, float],
+    strata: pd.DataFrame,
 ) -> dict[str, Any]:
-    """Population incidence, the sample's composition and the prior shift back to it."""
+    """Population incidence, the sample's composition, the prior shift back to it, and the
+    matching strata (`control_sampling_fraction`: all controls / all the population's
+    non-cases; per stratum it is what `myeloma_strata.csv` lets a model compute)."""
     prevalence = float(population["cancer"].mean())
     cases = int(wide["cancer"].sum())
     fraction = cases / len(wide)
+    non_cases = int(strata["population"].sum() - strata["cases"].sum())
     return {
         "population": len(population),
         "population_cases": int(population["cancer"].sum()),
@@ -212,21 +232,33 @@ def myeloma_summary(
         "unmatched_control_slots": params.controls_per_case * cases - (len(wide) - cases),
         "sampling_fraction": fraction,
         "logit_shift": logit(prevalence) - logit(fraction),
+        "control_sampling_fraction": (len(wide) - cases) / non_cases,
+        "strata": strata.to_dict(orient="records"),
         "artefacts": {name: int(wide[name].sum()) for name in ARTEFACT_FLAGS},
         "results": len(results),
     }  # fmt: skip
 
 
 def write_cohort(simulated: SimulatedCohort, out: Path) -> dict[str, str]:
-    """Write the three Parquet files; returns file name -> SHA-256."""
+    """Write the three Parquet files (and a case-control cohort's population table and strata
+    CSV); returns file name -> SHA-256."""
     out.mkdir(parents=True, exist_ok=True)
-    digests = {}
-    for part in ("wide", "results", "index"):
-        path = out / f"{simulated.name}_{part}.parquet"
-        frame: pd.DataFrame = getattr(simulated, part)
-        frame.to_parquet(path, index=False)
-        digests[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return digests
+    paths = []
+    for part in ("wide", "results", "index", "population"):
+        frame: pd.DataFrame | None = getattr(simulated, part)
+        if frame is not None:
+            paths.append(out / f"{simulated.name}_{part}.parquet")
+            frame.to_parquet(paths[-1], index=False)
+    if simulated.strata is not None:
+        paths.append(out / f"{simulated.name}_strata.csv")
+        simulated.strata.to_csv(paths[-1], index=False, lineterminator="\n")
+    return {path.name: _sha256(path) for path in paths}
+
+
+def _sha256(path: Path) -> str:
+    """A file's SHA-256, read in blocks (the population table runs to hundreds of MB)."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def build_manifest(

@@ -166,6 +166,17 @@ def inject_artefacts(
     return reported, flags
 
 
+def take_draws(
+    draws: Draws, flags: Mapping[str, BoolArray], rows: IntArray
+) -> tuple[Draws, dict[str, BoolArray]]:
+    """The given rows of draws already made (with their artefacts and flags): a case-control
+    sample takes its people's index draws from the population's, so both tables agree."""
+    values = {code: x[rows] for code, x in draws.values.items()}
+    taken = Draws(draws.patient_id[rows], draws.lab[rows], draws.sample_time[rows], values,
+                  draws.hb_gdl[rows])  # fmt: skip
+    return taken, {name: flag[rows] for name, flag in flags.items()}
+
+
 # --- tables -----------------------------------------------------------------------------------
 
 
@@ -188,6 +199,18 @@ def assemble_wide(
         pd.Series(categorical_from_codes(unit, ["g/L", "g/dL"]), index=analytes.index),
     )
     return pd.concat([wide, analytes], axis=1)
+
+
+def population_wide(
+    events: pd.DataFrame, draws: Draws, flags: Mapping[str, BoolArray], age_from: IntArray
+) -> pd.DataFrame:
+    """Every person of a case-control cohort's population in the sample's wide layout, with the
+    matching stratum's first year of age (`age_from`) after sex, so a model can be replayed over
+    the population and checked against `true_risk`. The sample-only columns (matched_set,
+    sampling_fraction, population_prevalence) are absent."""
+    wide = assemble_wide(events, draws, flags)
+    wide.insert(list(wide.columns).index("sex") + 1, "age_from", age_from)
+    return wide
 
 
 def long_results(draws: Sequence[Draws]) -> pd.DataFrame:

@@ -157,9 +157,42 @@ def sampled_index_events(
     return index
 
 
-def take_rows_of(values: Mapping[str, FloatArray], rows: IntArray) -> dict[str, FloatArray]:
-    """The given rows of every column."""
-    return {code: x[rows] for code, x in values.items()}
+def band_start(age: npt.ArrayLike, params: MyelomaParams) -> IntArray:
+    """First year of each age's matching band (`age_from`: 63 -> 60 with 5-year bands)."""
+    band = np.asarray(age, dtype=np.int64) // params.age_band_years
+    return np.asarray(band * params.age_band_years, dtype=np.int64)
+
+
+def population_strata(events: pd.DataFrame, params: MyelomaParams) -> pd.DataFrame:
+    """People and cases per matching stratum, as a user would supply them for their own data
+    (`age_from, sex, population, cases`, sorted by sex then age_from). Every band between a sex's
+    youngest and oldest is listed, an empty one with zeros, so the bands are contiguous (a model
+    expects no gaps); with ages 40-100 and 1,000+ people none is empty in practice."""
+    age_from = band_start(events["age"], params)
+    sex = events["sex"].cat
+    cancer = events["cancer"].to_numpy(np.int64)
+    parts = []
+    for code, name in enumerate(sex.categories):
+        mine = sex.codes.to_numpy() == code
+        if not mine.any():
+            continue
+        first = int(age_from[mine].min())
+        band = (age_from[mine] - first) // params.age_band_years
+        people = np.bincount(band)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "age_from": first + params.age_band_years * np.arange(len(people)),
+                    "sex": str(name),
+                    "population": people,
+                    "cases": np.bincount(band, weights=cancer[mine], minlength=len(people)),
+                }
+            )
+        )
+    strata = pd.concat(parts, ignore_index=True).astype(
+        {"age_from": np.int64, "population": np.int64, "cases": np.int64}
+    )
+    return strata.sort_values(["sex", "age_from"], ignore_index=True)
 
 
 # --- summaries, files, manifest ---------------------------------------------------------------

@@ -424,6 +424,10 @@ class SimulatedCohort:
     results: pd.DataFrame  # long lab results: patient_id, sample_time, code, value, unit, lab
     index: pd.DataFrame  # index events: ids, dates, demographics, outcome, true_risk
     summary: dict[str, Any]
+    # A case-control cohort also has its whole source population (in the wide layout, so that
+    # a model can be replayed over it) and that population's counts per matching stratum.
+    population: pd.DataFrame | None = None
+    strata: pd.DataFrame | None = None  # age_from, sex, population, cases
 
 
 @dataclass(frozen=True)
