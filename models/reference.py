@@ -1,8 +1,10 @@
-"""Training reference statistics stored with a model: drift checks (PSI) and soft outliers.
+"""Reference statistics stored with a model: drift checks (PSI) and soft outliers.
 
 For each feature: the missing rate, interior decile edges of the observed values, the share of rows
 in each bin (with a last bin for missing), and the 0.1th/99.9th percentiles that bound what the
-model saw in training. The same is kept for the score distribution.
+model saw. The same is kept for the score distribution. They come from out-of-sample rows (the
+calibration period); for a case-control sample, with row weights that put it on the population
+scale (1 for cases, 1/r_s for controls), so shares and quantiles are the population's.
 """
 
 from __future__ import annotations
@@ -19,24 +21,46 @@ SOFT_QUANTILES = (0.001, 0.999)
 PSI_EPSILON = 1e-4
 
 
-def bin_edges(values: FloatArray, n_bins: int = 10) -> list[float]:
-    """Unique interior quantile edges of the non-missing values."""
-    observed = values[~np.isnan(values)]
+def _quantiles(observed: FloatArray, qs: Any, weights: FloatArray | None) -> FloatArray:
+    """Quantiles of the values: linear interpolation, or with weights the inverted CDF (a
+    weighted quantile; integer weights give the quantile of the rows repeated)."""
+    if weights is None:
+        return np.asarray(np.quantile(observed, qs), dtype=np.float64)
+    return np.asarray(
+        np.quantile(observed, qs, method="inverted_cdf", weights=weights), dtype=np.float64
+    )
+
+
+def bin_edges(
+    values: FloatArray, n_bins: int = 10, weights: FloatArray | None = None
+) -> list[float]:
+    """Unique interior quantile edges of the non-missing values (weighted with `weights`)."""
+    present = ~np.isnan(values)
+    observed = values[present]
     if observed.size == 0:
         return []
-    qs = np.quantile(observed, np.linspace(0, 1, n_bins + 1)[1:-1])
+    qs = _quantiles(observed, np.linspace(0, 1, n_bins + 1)[1:-1], _present(weights, present))
     return [float(q) for q in np.unique(qs)]
 
 
-def binned_shares(values: FloatArray, edges: Sequence[float]) -> list[float]:
-    """Share of rows per bin: len(edges) + 1 value bins, then a missing bin."""
+def _present(weights: FloatArray | None, present: np.ndarray) -> FloatArray | None:
+    return None if weights is None else weights[present]
+
+
+def binned_shares(
+    values: FloatArray, edges: Sequence[float], weights: FloatArray | None = None
+) -> list[float]:
+    """Share of rows (of weight) per bin: len(edges) + 1 value bins, then a missing bin."""
     missing = np.isnan(values)
-    counts = np.bincount(
-        np.searchsorted(np.asarray(edges), values[~missing], side="right"),
-        minlength=len(edges) + 1,
-    ).astype(np.float64)
-    shares = np.append(counts, missing.sum())
-    return [float(s) for s in shares / max(len(values), 1)]
+    bins = np.searchsorted(np.asarray(edges), values[~missing], side="right")
+    if weights is None:
+        counts = np.bincount(bins, minlength=len(edges) + 1).astype(np.float64)
+        shares, total = np.append(counts, missing.sum()), float(len(values))
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        counts = np.bincount(bins, w[~missing], len(edges) + 1).astype(np.float64)
+        shares, total = np.append(counts, w[missing].sum()), float(w.sum())
+    return [float(s) for s in shares / (total if total > 0 else 1.0)]
 
 
 def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
@@ -46,28 +70,48 @@ def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def describe(values: FloatArray, n_bins: int = 10) -> dict[str, Any]:
-    """Reference statistics of one column."""
-    edges = bin_edges(values, n_bins)
-    observed = values[~np.isnan(values)]
+def describe(
+    values: FloatArray, n_bins: int = 10, weights: FloatArray | None = None
+) -> dict[str, Any]:
+    """Reference statistics of one column (population-weighted with `weights`)."""
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    edges = bin_edges(values, n_bins, w)
+    present = ~np.isnan(values)
+    observed = values[present]
     low, high = (
-        (float(np.quantile(observed, q)) for q in SOFT_QUANTILES)
+        (float(q) for q in _quantiles(observed, SOFT_QUANTILES, _present(w, present)))
         if observed.size
         else (float("nan"), float("nan"))
     )
+    if not len(values):
+        missing_rate = float("nan")
+    elif w is None:
+        missing_rate = float((~present).mean())
+    else:
+        missing_rate = float(w[~present].sum() / w.sum())
     return {
         "n": len(values),
-        "missing_rate": float(np.isnan(values).mean()) if len(values) else float("nan"),
+        "missing_rate": missing_rate,
         "edges": edges,
-        "shares": binned_shares(values, edges),
+        "shares": binned_shares(values, edges, w),
         "low": low,
         "high": high,
     }
 
 
-def reference_statistics(features: pd.DataFrame, probability: FloatArray) -> dict[str, Any]:
-    """Reference statistics of every feature and of the score, from the training period."""
+def reference_statistics(
+    features: pd.DataFrame, probability: FloatArray, weights: FloatArray | None = None
+) -> dict[str, Any]:
+    """Reference statistics of every feature and of the score, from out-of-sample rows (the
+    calibration period); `weights` (1 for cases, 1/r_s for controls) give a case-control sample
+    the population's distribution. Records whether they are weighted."""
+    w = None if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    if w is not None and (w.size != len(features) or not (np.isfinite(w).all() and (w > 0).all())):
+        raise ValueError("weights must be one finite positive number per row")
     return {
-        "features": {c: describe(features[c].to_numpy(np.float64)) for c in features.columns},
-        "score": describe(np.asarray(probability, dtype=np.float64)),
+        "features": {
+            c: describe(features[c].to_numpy(np.float64), weights=w) for c in features.columns
+        },
+        "score": describe(np.asarray(probability, dtype=np.float64), weights=w),
+        "weighted": w is not None,
     }

@@ -12,13 +12,17 @@ import numpy as np
 import pandas as pd
 
 from models.calibration import LogitCalibration, expit, logit
+from models.features import SEX_CODES
 from models.predictor import TriagePredictor
 from models.spec import ModelSpec
 from models.triage import Thresholds
 from training.evaluation.evaluate import evaluate_predictions, oracle_summary
 from training.evaluation.metrics import paired_auc_difference
+from training.evaluation.subgroups import AGE_BANDS, DECADE_AGE_BANDS, AgeBands
 
 EXPLAINED_SAMPLE_ROWS = 2000  # rows explained for the report's SHAP plot (training and replay)
+POPULATION_SCALE = "population (case-control sample; controls weighted by 1/r_s of their stratum)"
+WEIGHT_COLUMN = "population_weight"
 
 
 def sample_scale(probability: np.ndarray, calibration: LogitCalibration) -> np.ndarray:
@@ -26,35 +30,104 @@ def sample_scale(probability: np.ndarray, calibration: LogitCalibration) -> np.n
     return expit(logit(probability) - calibration.shift)
 
 
+def population_weights(
+    frame: pd.DataFrame, calibration: LogitCalibration, outcome: str
+) -> np.ndarray:
+    """Each row's weight on the population scale (`LogitCalibration.population_weights`: 1 for
+    a case, 1/r_s for a control of stratum s, from its age and sex)."""
+    nan = pd.Series(np.nan, index=frame.index)
+    age = pd.to_numeric(frame["age"], errors="coerce") if "age" in frame else nan
+    sex = pd.to_numeric(frame["sex"].map(SEX_CODES)) if "sex" in frame else nan
+    as_float = [np.asarray(c, dtype=np.float64) for c in (frame[outcome], age, sex)]
+    return calibration.population_weights(*as_float)
+
+
+def bootstrap_groups(frame: pd.DataFrame) -> str:
+    """The column the bootstrap draws whole: the matched set when present, else the patient."""
+    return "matched_set" if "matched_set" in frame else "patient_id"
+
+
+def subgroup_age_bands(spec: ModelSpec) -> AgeBands:
+    """Ten-year bands from 40 for populations aged 40 and over, else 18-49, 50-59, ... 80+."""
+    return DECADE_AGE_BANDS if spec.eligibility.min_age >= 40 else AGE_BANDS
+
+
+def net_benefit_point(spec: ModelSpec, rule_in: float | None) -> tuple[float, str]:
+    """The decision-curve point quoted: the guideline's referral threshold for referral cohorts,
+    else the rule-in threshold (when set), and why."""
+    referral = spec.triage.referral_threshold
+    if spec.cohort.kind == "referrals" or rule_in is None:
+        return (
+            referral,
+            f"the guideline's {referral * 100:g}% referral threshold (triage.referral_threshold)",
+        )
+    return rule_in, "the rule-in (red) threshold"
+
+
 def evaluate_model(
     frame: pd.DataFrame, probability: np.ndarray, thresholds: Thresholds,
     calibration: LogitCalibration, spec: ModelSpec, n_boot: int, seed: int,
+    *, choices: Mapping[str, Any] | None = None, case_control_sample: bool | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The evaluation-period report. Case-control models are judged on the sample's scale
-    (where outcomes were sampled), with PPV/NPV at the deployment prevalence, and their oracle
-    comparison on the population scale (where true risks live)."""
-    case_control = spec.is_case_control
+    """The evaluation-period report.
+
+    Case-control models matched on strata (`calibration.case_control`) are judged on the
+    population scale: on their case-control sample (`case_control_sample`; None: when the rows
+    carry a `matched_set`), controls weighted 1/r_s, resamples of whole matched sets, the
+    thresholds and the oracle as they are (population scale); on rows of the population itself
+    (a replay of the simulator's population table), unweighted, as any cohort. Legacy
+    global-shift case-control models (`deployment_prevalence`) are judged on the sample's scale,
+    with PPV/NPV at the deployment prevalence. `choices` (the threshold choices' `to_dict()` by
+    direction) are recorded."""
+    triage, gates = spec.triage, spec.promotion
+    subgroups = tuple(dict.fromkeys((*spec.subgroups, *gates.subgroups)))
+    at, reason = net_benefit_point(spec, thresholds.rule_in)
+    common: dict[str, Any] = {
+        "y_col": spec.outcome.column, "p_col": "probability", "date_col": spec.split.date_column,
+        "subgroups": subgroups, "n_boot": n_boot, "seed": seed, "net_benefit_at": at,
+        "net_benefit_reason": reason, "referral_threshold": triage.referral_threshold,
+        "sensitivity_target": triage.rule_out_sensitivity,
+        "sensitivity_bound": triage.sensitivity_bound,
+        "subgroup_min_events": gates.subgroup_min_events, "oe_range": gates.observed_expected,
+        "age_bands": subgroup_age_bands(spec), "threshold_choices": choices,
+    }  # fmt: skip
     scored = frame.assign(probability=probability)
+    truth = "true_risk" if "true_risk" in scored else None
     rule_out, rule_in = thresholds.rule_out, thresholds.rule_in
-    if case_control:
+    sampled = "matched_set" in frame if case_control_sample is None else case_control_sample
+    if spec.calibration.case_control is not None and sampled:
+        scored[WEIGHT_COLUMN] = population_weights(frame, calibration, spec.outcome.column)
+        evaluation = evaluate_predictions(
+            scored, patient_col=bootstrap_groups(frame), true_risk_col=truth,
+            rule_out=rule_out, rule_in=rule_in, weight_col=WEIGHT_COLUMN, **common,
+        )  # fmt: skip
+        evaluation["scale"] = POPULATION_SCALE
+        if evaluation.get("oracle"):
+            evaluation["oracle"]["scale"] = POPULATION_SCALE
+        return evaluation
+    legacy = spec.calibration.deployment_prevalence is not None
+    if legacy:
+        # The sample's scale: thresholds and the net-benefit point move with the probabilities;
+        # the green band's risk there is not the population's, so no referral comparison.
         scored["probability"] = sample_scale(probability, calibration)
         rule_out, rule_in = (
             None if t is None else float(sample_scale(np.array([t]), calibration)[0])
             for t in (rule_out, rule_in)
         )
-    has_truth = "true_risk" in scored and not case_control
+        at = float(sample_scale(np.array([at]), calibration)[0])
+        reason = f"{reason}, on the case-control sample's scale"
+        common |= {"net_benefit_at": at, "net_benefit_reason": reason, "referral_threshold": None}
     evaluation = evaluate_predictions(
-        scored, y_col=spec.outcome.column, p_col="probability", patient_col="patient_id",
-        date_col=spec.split.date_column, true_risk_col="true_risk" if has_truth else None,
-        rule_out=rule_out, rule_in=rule_in, subgroups=spec.subgroups,
-        deployment_prevalence=spec.calibration.deployment_prevalence, n_boot=n_boot, seed=seed,
+        scored, patient_col="patient_id", true_risk_col=None if legacy else truth,
+        rule_out=rule_out, rule_in=rule_in,
+        deployment_prevalence=spec.calibration.deployment_prevalence, **common,
     )  # fmt: skip
-    if case_control and "true_risk" in frame:
+    if legacy and truth is not None:
         evaluation["oracle"] = oracle_summary(
-            frame[spec.outcome.column].to_numpy(), probability, frame["true_risk"].to_numpy()
+            frame[spec.outcome.column].to_numpy(), probability, frame[truth].to_numpy()
         )
         evaluation["oracle"]["scale"] = "population (true risks and shifted probabilities)"
-    evaluation["scale"] = "case-control sample" if case_control else "cohort"
+    evaluation["scale"] = "case-control sample" if legacy else "cohort"
     return evaluation
 
 
@@ -76,7 +149,8 @@ def explanation_sample(
 
 
 def summary_metrics(evaluation: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Flat numeric metrics for MLflow (AUC with CI, calibration, thresholds, oracle)."""
+    """Flat numeric metrics for MLflow (AUC with CI, calibration, thresholds, the green band's
+    risk, the number of flagged subgroup levels, oracle)."""
     out: dict[str, float] = {}
 
     def put(name: str, value: Any) -> None:
@@ -97,6 +171,12 @@ def summary_metrics(evaluation: Mapping[str, Any], prefix: str = "") -> dict[str
             put(f"{band}_{key}", (block.get(key) or {}).get("estimate"))
             put(f"{band}_{key}_low", (block.get(key) or {}).get("low"))
         put(f"{band}_share", block.get("share_ruled_out", block.get("share_expedited")))
+    green = evaluation.get("thresholds", {}).get("green") or {}
+    put("green_risk", (green.get("risk_in_green") or {}).get("estimate"))
+    put("green_risk_high", (green.get("risk_in_green") or {}).get("high"))
+    subgroups = evaluation.get("subgroups")
+    if isinstance(subgroups, Mapping) and "flagged" in subgroups:
+        put("subgroups_flagged", len(subgroups["flagged"]))
     for key, value in (evaluation.get("oracle") or {}).items():
         put(f"oracle_{key}", value)
     put("net_benefit", evaluation.get("net_benefit_at", {}).get("model"))

@@ -302,7 +302,11 @@ def test_evaluate_predictions_returns_every_block_as_json() -> None:
     assert auc_block["low"] < auc_block["estimate"] < auc_block["high"], "AUC CI brackets"
     assert result["thresholds"]["green"]["sensitivity"]["estimate"] >= 0.9, "green is safe"
     assert result["thresholds"]["red"]["threshold"] == rule_in, "red metrics at rule_in"
-    assert len(result["net_benefit"]) == 100, "decision curve at 0.005..0.5 in steps of 0.005"
+    curve = [row["threshold"] for row in result["net_benefit"]]
+    prevalence = result["prevalence"]
+    assert min(curve) == pytest.approx(prevalence / 5, rel=0.01), "log grid from prevalence/5"
+    assert max(curve) == pytest.approx(min(0.5, 30 * prevalence), rel=0.01), "to 30 x prevalence"
+    assert 0.03 in curve, "the quoted point is on the curve"
     assert result["net_benefit_at"]["threshold"] == 0.03, "net benefit at the stated threshold"
     levels = {(r["column"], r["level"]) for r in result["subgroups"]["rows"]}
     assert ("age_band", "80+") in levels and ("deprivation", "(missing)") in levels, (
