@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -58,8 +59,13 @@ def prepare(workdir: Path, rows: int) -> tuple[Tracking, Path]:
         run_simulation(cohort="referrals", n=TRAIN_ROWS, seed=1, out=train_cohort)
         result = train_model(load_spec("any_cancer"), TrainOptions(train_cohort, n_boot=20))
         log_training(result, tracking)
-        trees = result.predictor.booster.num_trees()
-        print(f"trained any_cancer on {TRAIN_ROWS:,} referrals: {trees} trees")
+        booster = result.predictor.booster  # a spline model (model.family) has no trees
+        size = (
+            f"{booster.num_trees()} trees"
+            if isinstance(booster, lgb.Booster)
+            else f"a {result.predictor.family} model"
+        )
+        print(f"trained any_cancer on {TRAIN_ROWS:,} referrals: {size}")
     return tracking, cohort
 
 

@@ -3,7 +3,14 @@
 Each entry carries its code (snake_case, used as the column name everywhere), display name,
 LOINC codes, canonical UCUM unit, accepted alternative units with exact conversion factors,
 adult reference intervals (sex- and age-specific where they differ), hard plausibility limits,
-panel, and the direction usually associated with cancer (used only for wording).
+panel, the direction usually associated with cancer (used only for wording), and whether the
+analyte is right-skewed in routine data (`skewed`: the spline model takes its logarithm).
+
+Skewed: the markers whose raised values run to many times the upper reference limit (CRP, ESR,
+ALP, ALT, AST, GGT, bilirubin, LDH, ferritin, PSA, CA125, CEA), creatinine and urea (renal
+failure), and the white cell, neutrophil, lymphocyte and monocyte counts (infection, leukaemia).
+Not the eosinophil and basophil counts: skewed too, but mostly a few reporting steps above zero,
+where a logarithm would stretch the rounding into a spread.
 
 Figures come from `shared/reference/analytes.md`. Limits tagged [J] there have no published source;
 they are generous on purpose (a cancer cohort has extreme values) and a spec may override an entry.
@@ -123,6 +130,11 @@ class Analyte(_Frozen):
     panel: Panel
     cancer_direction: Direction
     decimals: int = Field(ge=0, le=4, description="reporting precision in the canonical unit")
+    skewed: bool = Field(
+        default=False,
+        description="right-skewed in routine data (a long tail of many-fold raised values): "
+        "the spline model takes its logarithm",
+    )
 
     @field_validator("alt_units", mode="before")
     @classmethod
@@ -294,6 +306,7 @@ def _a(
     male: tuple[float, float] | None = None,
     female: tuple[float, float] | None = None,
     age_upper: tuple[tuple[float, float | None, float | None], ...] = (),
+    skewed: bool = False,
 ) -> Analyte:
     """Compact constructor for the table below (factor, or (factor, offset) for affine units)."""
     units = {
@@ -321,6 +334,7 @@ def _a(
         panel=panel,
         cancer_direction=direction,
         decimals=decimals,
+        skewed=skewed,
     )
 
 
@@ -346,13 +360,13 @@ _ANALYTES: tuple[Analyte, ...] = (
        "high", 0, alt_units={"10*3/uL": 1.0, "/uL": 0.001}),
     _a("mpv", "Mean platelet volume", "32623-1", "fL", "fL", (7, 12), (4, 20), "fbc", "none", 1),
     _a("wbc", "White cell count", "6690-2", "10*9/L", "×10⁹/L", (4.0, 11.0), (0.1, 500), "fbc",
-       "both", 2, alt_units={"10*3/uL": 1.0}),
+       "both", 2, alt_units={"10*3/uL": 1.0}, skewed=True),
     _a("neutrophils", "Neutrophil count", "751-8", "10*9/L", "×10⁹/L", (2.0, 7.5), (0, 100),
-       "fbc", "high", 2, alt_units={"10*3/uL": 1.0}),
+       "fbc", "high", 2, alt_units={"10*3/uL": 1.0}, skewed=True),
     _a("lymphocytes", "Lymphocyte count", "731-0", "10*9/L", "×10⁹/L", (1.0, 4.0), (0, 400),
-       "fbc", "low", 2, alt_units={"10*3/uL": 1.0}),
+       "fbc", "low", 2, alt_units={"10*3/uL": 1.0}, skewed=True),
     _a("monocytes", "Monocyte count", "742-7", "10*9/L", "×10⁹/L", (0.2, 1.0), (0, 50), "fbc",
-       "high", 2, alt_units={"10*3/uL": 1.0}),
+       "high", 2, alt_units={"10*3/uL": 1.0}, skewed=True),
     _a("eosinophils", "Eosinophil count", "711-2", "10*9/L", "×10⁹/L", (0.0, 0.5), (0, 50),
        "fbc", "none", 2, alt_units={"10*3/uL": 1.0}),
     _a("basophils", "Basophil count", "704-7", "10*9/L", "×10⁹/L", (0.0, 0.1), (0, 10), "fbc",
@@ -364,10 +378,11 @@ _ANALYTES: tuple[Analyte, ...] = (
        "none", 1, alt_units={"meq/L": 1.0}),
     _a("urea", "Urea", "22664-7", "mmol/L", "mmol/L", (2.5, 7.8), (0.5, 100), "renal", "high", 1,
        alt_loinc=("3094-0",),
-       alt_units={"mg/dL": 10 / UREA_G_PER_MOL, "mg/dL{BUN}": 10 / UREA_NITROGEN_G_PER_MOL}),
+       alt_units={"mg/dL": 10 / UREA_G_PER_MOL, "mg/dL{BUN}": 10 / UREA_NITROGEN_G_PER_MOL},
+       skewed=True),
     _a("creatinine", "Creatinine", "14682-9", "umol/L", "µmol/L", (45, 110), (20, 2500), "renal",
        "high", 0, alt_loinc=("2160-0",), alt_units={"mg/dL": 10_000 / CREATININE_G_PER_MOL},
-       male=(57, 110), female=(41, 90)),
+       male=(57, 110), female=(41, 90), skewed=True),
     _a("egfr", "eGFR", "62238-1", "mL/min/{1.73_m2}", "mL/min/1.73m²", (90, None), (1, 200),
        "renal", "low", 0, alt_loinc=("98979-8", "33914-3")),
     # --- proteins ---
@@ -387,30 +402,30 @@ _ANALYTES: tuple[Analyte, ...] = (
     _a("phosphate", "Phosphate", "14879-1", "mmol/L", "mmol/L", (0.8, 1.5), (0.1, 5), "bone",
        "none", 2, alt_loinc=("2777-1",), alt_units={"mg/dL": 10 / PHOSPHORUS_G_PER_MOL}),
     _a("alp", "Alkaline phosphatase", "6768-6", "U/L", "U/L", (30, 130), (5, 5000), "liver",
-       "high", 0, alt_units=_ENZYME),
+       "high", 0, alt_units=_ENZYME, skewed=True),
     # --- liver function ---
     _a("alt", "Alanine aminotransferase", "1742-6", "U/L", "U/L", (5, 42), (1, 5000), "liver",
-       "high", 0, alt_units=_ENZYME),
+       "high", 0, alt_units=_ENZYME, skewed=True),
     _a("ast", "Aspartate aminotransferase", "1920-8", "U/L", "U/L", (5, 42), (1, 5000), "liver",
-       "high", 0, alt_units=_ENZYME),
+       "high", 0, alt_units=_ENZYME, skewed=True),
     _a("ggt", "Gamma-glutamyl transferase", "2324-2", "U/L", "U/L", (6, 46), (1, 5000), "liver",
-       "high", 0, alt_units=_ENZYME, male=(10, 46), female=(6, 29)),
+       "high", 0, alt_units=_ENZYME, male=(10, 46), female=(6, 29), skewed=True),
     _a("bilirubin", "Bilirubin (total)", "14631-6", "umol/L", "µmol/L", (3, 21), (1, 1000),
        "liver", "high", 0, alt_loinc=("1975-2",),
-       alt_units={"mg/dL": 10_000 / BILIRUBIN_G_PER_MOL}),
+       alt_units={"mg/dL": 10_000 / BILIRUBIN_G_PER_MOL}, skewed=True),
     _a("ldh", "Lactate dehydrogenase", "2532-0", "U/L", "U/L", (120, 250), (20, 10_000), "other",
-       "high", 0, alt_loinc=("14804-9",), alt_units=_ENZYME),
+       "high", 0, alt_loinc=("14804-9",), alt_units=_ENZYME, skewed=True),
     # --- inflammatory markers ---
     _a("crp", "C-reactive protein", "1988-5", "mg/L", "mg/L", (0, 5), (0, 500), "inflammatory",
-       "high", 1, alt_units={"mg/dL": 10.0}, ambiguous_units=("mg/dL",)),
+       "high", 1, alt_units={"mg/dL": 10.0}, ambiguous_units=("mg/dL",), skewed=True),
     _a("esr", "Erythrocyte sedimentation rate", "4537-7", "mm/h", "mm/h", (0, 20), (0, 150),
        "inflammatory", "high", 0, alt_loinc=("30341-2",),
-       age_upper=((18, 15, 20), (50, 25, 30), (70, 35, 40))),
+       age_upper=((18, 15, 20), (50, 25, 30), (70, 35, 40)), skewed=True),
     _a("plasma_viscosity", "Plasma viscosity", "4691-2", "mPa.s", "mPa·s", (1.50, 1.72),
        (1.0, 10), "inflammatory", "high", 2, alt_units={"cP": 1.0}),
     # --- iron, metabolic ---
     _a("ferritin", "Ferritin", "2276-4", "ug/L", "µg/L", (15, 300), (1, 100_000), "iron", "both",
-       0, alt_units={"ng/mL": 1.0}, male=(30, 400), female=(15, 150)),
+       0, alt_units={"ng/mL": 1.0}, male=(30, 400), female=(15, 150), skewed=True),
     _a("glucose", "Glucose", "14749-6", "mmol/L", "mmol/L", (4.0, 7.8), (1, 60), "metabolic",
        "high", 1, alt_loinc=("2345-7",), alt_units={"mg/dL": 10 / GLUCOSE_G_PER_MOL}),
     _a("hba1c", "HbA1c", "59261-8", "mmol/mol", "mmol/mol", (20, 48), (20, 195), "metabolic",
@@ -418,11 +433,11 @@ _ANALYTES: tuple[Analyte, ...] = (
     # --- tumour markers ---
     _a("psa", "Prostate-specific antigen", "2857-1", "ug/L", "µg/L", (0, 3), (0, 10_000),
        "tumour_markers", "high", 2, alt_units={"ng/mL": 1.0},
-       age_upper=((60, 4, None), (70, 5, None))),
+       age_upper=((60, 4, None), (70, 5, None)), skewed=True),
     _a("ca125", "CA125", "10334-1", "k[U]/L", "kU/L", (0, 35), (0, 100_000), "tumour_markers",
-       "high", 0, alt_units={"U/mL": 1.0}),
+       "high", 0, alt_units={"U/mL": 1.0}, skewed=True),
     _a("cea", "Carcinoembryonic antigen", "2039-6", "ug/L", "µg/L", (0, 5), (0, 100_000),
-       "tumour_markers", "high", 1, alt_units={"ng/mL": 1.0}),
+       "tumour_markers", "high", 1, alt_units={"ng/mL": 1.0}, skewed=True),
 )
 # fmt: on
 

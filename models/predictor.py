@@ -1,8 +1,11 @@
 """TriagePredictor: everything inference needs, saved and loaded as one artifact folder.
 
-The folder holds the LightGBM booster as text (`booster.txt`) and everything else as JSON
-(`predictor.json`: spec, feature order, calibration, thresholds, catalogue version, training
-reference statistics, provenance, and the booster's SHA-256). Nothing is pickled. The API scores
+The folder holds the model (a LightGBM booster as text, `booster.txt`, or the spline model's
+coefficients and knots as JSON, `spline.json`: the spec's `model.family`) and everything else as
+JSON (`predictor.json`: family, spec, feature order, calibration, thresholds, catalogue version,
+reference statistics, provenance, and the model file's SHA-256). Nothing is pickled. Both families
+answer the same calls (`predict` with `raw_score` or `pred_contrib`: exact additive contributions
+with the bias last), so everything below is family-blind. The API scores
 one record with `score`; replay and the pyfunc score frames with `models.scoring.score_frame`, which
 calls this object's `probability` / `explain_matrix` with the same validation rules, routing and
 model warnings; training and evaluation call `predict` / `explain`. One booster call underneath
@@ -35,13 +38,17 @@ from models.features import (
     take_rows,
 )
 from models.spec import PATHWAYS, ModelSpec
+from models.spline import SplineModel, SplineModelError
 from models.triage import Band, Thresholds, assign_band, assign_bands, recommend
 from models.validation import Issue, RecordValidation, validate_record
 
 FloatArray = npt.NDArray[np.float64]
 BOOSTER_FILE = "booster.txt"
+SPLINE_FILE = "spline.json"
+MODEL_FILES = {"lightgbm": BOOSTER_FILE, "spline": SPLINE_FILE}
 META_FILE = "predictor.json"
 FORMAT_VERSION = 1
+Model = lgb.Booster | SplineModel
 PATHWAY_CODES = {name: float(i) for i, name in enumerate(PATHWAYS)}
 
 # Warnings the model adds to the validation's own (they depend on the model, not on the data).
@@ -95,13 +102,14 @@ def file_sha256(path: Path) -> str:
 
 
 class TriagePredictor:
-    """A calibrated LightGBM triage model with its spec, thresholds and reference statistics."""
+    """A calibrated triage model (LightGBM or spline) with its spec, thresholds and reference
+    statistics. `booster` is the fitted model of either family."""
 
     def __init__(
         self,
         *,
         spec: ModelSpec,
-        booster: lgb.Booster,
+        booster: Model,
         calibration: LogitCalibration,
         thresholds: Thresholds,
         reference: Mapping[str, Any] | None = None,
@@ -132,6 +140,11 @@ class TriagePredictor:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def family(self) -> str:
+        """`lightgbm` or `spline`."""
+        return "spline" if isinstance(self.booster, SplineModel) else "lightgbm"
 
     # --- features -------------------------------------------------------------------------------
 
@@ -183,8 +196,18 @@ class TriagePredictor:
         return np.asarray(result, dtype=np.float64)
 
     def probability(self, features: FloatArray | pd.DataFrame) -> FloatArray:
-        """Calibrated probability (at the deployment prevalence for case-control models)."""
-        return self.calibration.probability(self.margin(features))
+        """Calibrated probability (on the population's scale for case-control models)."""
+        x = features.to_numpy(np.float64) if isinstance(features, pd.DataFrame) else features
+        return self.calibration.probability(self.margin(x), self.row_shift(x))
+
+    def row_shift(self, x: FloatArray) -> FloatArray | None:
+        """Each row's case-control offset from its age and sex inputs (None without strata)."""
+        if self.calibration.strata is None:
+            return None
+        names = self.feature_names
+        age = x[:, names.index("age")] if "age" in names else np.full(len(x), np.nan)
+        sex = x[:, names.index("sex")] if "sex" in names else np.full(len(x), np.nan)
+        return self.calibration.row_shift(age, sex)
 
     def predict(self, values: pd.DataFrame) -> pd.DataFrame:
         """Probability and band for each row of canonical values (rows must be eligible)."""
@@ -203,7 +226,7 @@ class TriagePredictor:
         """Base and per-feature contributions in calibrated log-odds for rows of model inputs
         (`feature_matrix`)."""
         raw = self._booster_predict(x, pred_contrib=True)
-        return calibrated_contributions(raw, self.calibration)
+        return calibrated_contributions(raw, self.calibration, self.row_shift(x))
 
     def score(
         self, record: Mapping[str, Any], *, pathway: str | None = None, explain: bool = True
@@ -232,8 +255,7 @@ class TriagePredictor:
         )
         if not explain:
             return result
-        raw = self._booster_predict(x, pred_contrib=True)
-        base, contributions = calibrated_contributions(raw, self.calibration)
+        base, contributions = self.explain_matrix(x)
         named = dict(zip(self.feature_names, (float(c) for c in contributions[0]), strict=True))
         shown: dict[str, float | str | None] = {
             **validation.values,
@@ -312,6 +334,7 @@ class TriagePredictor:
             ],
             "eligibility": spec.eligibility.model_dump(mode="json"),
             "thresholds": self.thresholds.to_dict(),
+            "family": self.family,
             "calibration": self.calibration.to_dict(),
             "catalogue_version": self.catalogue.version,
         }
@@ -320,10 +343,11 @@ class TriagePredictor:
         """Write `booster.txt` and `predictor.json` into `folder`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        booster_path = folder / BOOSTER_FILE
+        booster_path = folder / MODEL_FILES[self.family]
         self.booster.save_model(str(booster_path))
         meta = {
             "format_version": FORMAT_VERSION,
+            "family": self.family,
             "spec": self.spec.model_dump(mode="json"),
             "feature_names": list(self.feature_names),
             "calibration": self.calibration.to_dict(),
@@ -340,16 +364,21 @@ class TriagePredictor:
     def load(cls, folder: str | Path, *, num_threads: int = 1) -> TriagePredictor:
         """Load and verify a predictor folder; raises ArtifactError with the reason."""
         folder = Path(folder)
-        booster_path, meta_path = folder / BOOSTER_FILE, folder / META_FILE
-        for path in (booster_path, meta_path):
-            if not path.is_file():
-                raise ArtifactError(f"{path}: missing from the model artifact")
+        meta_path = folder / META_FILE
+        if not meta_path.is_file():
+            raise ArtifactError(f"{meta_path}: missing from the model artifact")
         try:
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError as error:
             raise ArtifactError(f"{meta_path}: not valid JSON ({error})") from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(f"{meta_path}: unsupported format {meta.get('format_version')}")
+        family = meta.get("family", "lightgbm")
+        if family not in MODEL_FILES:
+            raise ArtifactError(f"{meta_path}: unknown model family {family!r}")
+        booster_path = folder / MODEL_FILES[family]
+        if not booster_path.is_file():
+            raise ArtifactError(f"{booster_path}: missing from the model artifact")
         if file_sha256(booster_path) != meta.get("booster_sha256"):
             raise ArtifactError(f"{booster_path}: checksum mismatch (tampered or corrupt)")
         spec = ModelSpec.model_validate(meta["spec"])
@@ -359,10 +388,14 @@ class TriagePredictor:
                 f"({meta['catalogue']['checksum']}); this code has {spec.catalogue.version} "
                 f"({spec.catalogue.checksum}): retrain or use the matching code version"
             )
+        booster: Model
         try:
-            booster = lgb.Booster(model_file=str(booster_path))
-        except lgb.basic.LightGBMError as error:
-            raise ArtifactError(f"{booster_path}: not a LightGBM model ({error})") from None
+            if family == "spline":
+                booster = SplineModel.load(booster_path)
+            else:
+                booster = lgb.Booster(model_file=str(booster_path))
+        except (lgb.basic.LightGBMError, SplineModelError) as error:
+            raise ArtifactError(f"{booster_path}: not a {family} model ({error})") from None
         return cls(
             spec=spec,
             booster=booster,

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.predictor import BOOSTER_FILE, META_FILE, ArtifactError, TriagePredictor, file_sha256
+from models.predictor import META_FILE, MODEL_FILES, ArtifactError, TriagePredictor, file_sha256
 
 URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 BUNDLE_NAME = "triage-champions"
@@ -99,9 +99,8 @@ def release_champions(
         for name, source in imported.items():
             target = Path(bundle.path) / name
             shutil.copytree(source, target)
-            entries[name]["sha256"] = {
-                f: file_sha256(target / f) for f in (BOOSTER_FILE, META_FILE)
-            }
+            files = [f for f in (*MODEL_FILES.values(), META_FILE) if (target / f).is_file()]
+            entries[name]["sha256"] = {f: file_sha256(target / f) for f in files}
         release = {
             "released_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "models": entries,

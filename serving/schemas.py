@@ -124,7 +124,8 @@ class ModelInfo(BaseModel):
     inputs: list[ModelInput]
     eligibility: dict[str, object]
     thresholds: dict[str, float | None]
-    calibration: dict[str, float]
+    family: str = "lightgbm"
+    calibration: dict[str, object]  # slope, intercept, shift; case-control models: their strata
     catalogue_version: str
 
 

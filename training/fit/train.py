@@ -1,6 +1,8 @@
-"""Training: load -> validate -> split -> fit -> calibrate -> thresholds -> evaluate.
+"""Training: load -> validate -> split -> fit both families -> calibrate -> choose the family ->
+thresholds -> evaluate (the served model and its comparator).
 
-Logging and registration follow in `training.registry.runs`.
+Fitting and calibrating live in `training.fit.family`; case-control offsets in
+`training.fit.case_control`. Logging and registration follow in `training.registry.runs`.
 
 `train_model` reads like a table of contents; each step is a named function. Nothing from the
 evaluation period touches fitting, calibration or threshold choice: periods come from the spec's
@@ -10,19 +12,16 @@ dates, and a patient seen in an earlier period is kept out of the later ones.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.frozen import FrozenEstimator
 
-from models.calibration import LogitCalibration, prevalence_shift
+from models.calibration import LogitCalibration
 from models.columns import map_columns
 from models.frame_validation import validate_frame
 from models.predictor import TriagePredictor, spec_feature_frame
@@ -37,20 +36,18 @@ from training.cohorts.reader import (
     made_by_simulator,
     open_cohort,
 )
-from training.evaluation.metrics import (
-    choose_rule_in_threshold,
-    choose_rule_out_threshold,
-    paired_auc_difference,
-)
+from training.evaluation.metrics import paired_auc_difference
 from training.evaluation.model import evaluate_model, explanation_sample
-from training.fit.baseline import SplineLogisticBaseline
+from training.evaluation.thresholds import choose_rule_in, choose_rule_out
+from training.fit.case_control import stratum_offsets
+from training.fit.family import Fitted, choose_family, fit_families
 from training.provenance import code_version
 
 PERIODS = ("train", "stop", "calibrate", "evaluate")
 STOP_MIN_EVENTS = 10  # events (and non-events) the early-stopping slice needs at least
 META_COLUMNS = (
     "patient_id", "referral_id", "index_date", "pathway", "lab", "deprivation", "ethnicity",
-    "cancer_site", "true_risk", "duffy_null",
+    "cancer_site", "true_risk", "duffy_null", "matched_set",
 )  # fmt: skip
 
 
@@ -77,12 +74,11 @@ class Cohort:
 @dataclass
 class TrainResult:
     spec: ModelSpec
-    predictor: TriagePredictor
-    baseline: SplineLogisticBaseline
-    baseline_calibration: LogitCalibration
+    predictor: TriagePredictor  # the served family's
+    comparator: TriagePredictor  # the other family's (the report's baseline column)
     periods: dict[str, pd.DataFrame]
     evaluation: dict[str, Any]
-    baseline_evaluation: dict[str, Any]
+    baseline_evaluation: dict[str, Any]  # the comparator's
     predictions: pd.DataFrame  # evaluation-period predictions of both models
     shap_sample: pd.DataFrame
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -260,63 +256,72 @@ def check_period(name: str, outcome: pd.Series, spec: ModelSpec) -> None:
     )
 
 
-# --- fit and calibrate ----------------------------------------------------------------------------
+# --- thresholds and the predictor -----------------------------------------------------------------
 
 
-def fit_booster(
-    x_train: pd.DataFrame, y_train: np.ndarray, x_stop: pd.DataFrame, y_stop: np.ndarray,
-    spec: ModelSpec, seed: int, num_threads: int,
-) -> lgb.LGBMClassifier:  # fmt: skip
-    """LightGBM with early stopping on the latest slice of the training period."""
-    params = spec.lightgbm.model_dump()
-    rounds = params.pop("early_stopping_rounds")
-    classifier = lgb.LGBMClassifier(
-        **params, random_state=seed, n_jobs=num_threads, deterministic=True,
-        force_row_wise=True, verbose=-1,
+def choose_thresholds(
+    y_cal: np.ndarray, p_cal: np.ndarray, spec: ModelSpec, groups: np.ndarray,
+    weights: np.ndarray | None, seed: int,
+) -> tuple[Thresholds, dict[str, dict[str, Any]]]:  # fmt: skip
+    """Green: the highest cut-off whose lower 95% bound of sensitivity on the calibration period
+    meets the target; red: the lowest meeting the PPV target (the population's PPV for
+    case-control models: controls weighted 1/r_s, or Bayes at a global deployment prevalence).
+    Either is None, with the reason, below `triage.min_events` calibration-period events."""
+    triage, events = spec.triage, spec.outcome.plural_name
+    rule_out = choose_rule_out(
+        y_cal, p_cal, triage.rule_out_sensitivity, bound=triage.sensitivity_bound,
+        min_events=triage.min_events, groups=groups, n_boot=spec.promotion.n_boot, seed=seed,
+        events_name=events,
     )  # fmt: skip
-    categorical: list[str] | Literal["auto"] = ["pathway"] if "pathway" in x_train else "auto"
-    classifier.fit(
-        x_train, y_train, eval_X=(x_stop,), eval_y=(y_stop,), categorical_feature=categorical,
-        callbacks=[lgb.early_stopping(rounds, verbose=False)],
+    rule_in = choose_rule_in(
+        y_cal, p_cal, triage.rule_in_ppv, weights=weights,
+        prevalence=spec.calibration.deployment_prevalence, min_events=triage.min_events,
+        events_name=events,
     )  # fmt: skip
-    return classifier
+    green, red = rule_out.threshold, rule_in.threshold
+    if green is not None and red is not None and red < green:
+        red = green  # the PPV target is met below the rule-out cut: no amber band
+    choices = {"rule_out": rule_out.to_dict(), "rule_in": rule_in.to_dict()}
+    return Thresholds(green, red), choices
 
 
-def best_booster(classifier: lgb.LGBMClassifier) -> lgb.Booster:
-    """The booster truncated at the early-stopping iteration (the one that is saved and served)."""
-    text = classifier.booster_.model_to_string(num_iteration=classifier.best_iteration_)
-    return lgb.Booster(model_str=text)
+def build_predictor(
+    fitted: Fitted, spec: ModelSpec, x_cal: pd.DataFrame, y_cal: np.ndarray, groups: np.ndarray,
+    seed: int, num_threads: int, metadata: dict[str, Any] | None = None,
+) -> tuple[TriagePredictor, dict[str, dict[str, Any]]]:  # fmt: skip
+    """A family's predictor with its own thresholds and reference statistics, both from the
+    calibration period (out of sample; population-weighted for a case-control sample)."""
+    untuned = TriagePredictor(
+        spec=spec, booster=fitted.model, calibration=fitted.calibration,
+        thresholds=Thresholds(None, None), num_threads=num_threads,
+    )  # fmt: skip
+    p_cal = untuned.probability(x_cal)
+    weights = sample_weights(fitted.calibration, x_cal, y_cal)
+    thresholds, choices = choose_thresholds(y_cal, p_cal, spec, groups, weights, seed)
+    predictor = TriagePredictor(
+        spec=spec, booster=fitted.model, calibration=fitted.calibration, thresholds=thresholds,
+        reference=reference_statistics(x_cal, p_cal, weights), metadata=metadata,
+        num_threads=num_threads,
+    )  # fmt: skip
+    return predictor, choices
 
 
-def calibrate(
-    classifier: Any, x_cal: pd.DataFrame, y_cal: np.ndarray, spec: ModelSpec
-) -> LogitCalibration:
-    """Platt scaling on the raw margin (calibration period), plus the case-control shift.
-
-    scikit-learn's sigmoid is p = 1 / (1 + exp(a z + b)), so calibrated log-odds = -a z - b.
-    """
-    fitted = CalibratedClassifierCV(FrozenEstimator(classifier), method="sigmoid")
-    fitted.fit(x_cal, y_cal)
-    platt = fitted.calibrated_classifiers_[0].calibrators[0]
-    shift = 0.0
-    prevalence = spec.calibration.deployment_prevalence
-    if prevalence is not None:
-        shift = prevalence_shift(prevalence, float(np.mean(y_cal)))
-    return LogitCalibration(slope=-float(platt.a_), intercept=-float(platt.b_), shift=shift)
+def sample_weights(
+    calibration: LogitCalibration, x: pd.DataFrame, y: np.ndarray
+) -> np.ndarray | None:
+    """Population weights of a stratified case-control sample's rows (None otherwise)."""
+    if calibration.strata is None:
+        return None
+    nan = np.full(len(x), np.nan)
+    age = x["age"].to_numpy(np.float64) if "age" in x else nan
+    sex = x["sex"].to_numpy(np.float64) if "sex" in x else nan
+    return calibration.population_weights(y, age, sex)
 
 
-def choose_thresholds(y_cal: np.ndarray, p_cal: np.ndarray, spec: ModelSpec) -> Thresholds:
-    """Green: highest cut-off meeting the rule-out sensitivity target; red: lowest meeting the
-    rule-in PPV target (by Bayes at the deployment prevalence for case-control models)."""
-    rule_out = choose_rule_out_threshold(y_cal, p_cal, spec.triage.rule_out_sensitivity)
-    rule_in = choose_rule_in_threshold(
-        y_cal, p_cal, spec.triage.rule_in_ppv, prevalence=spec.calibration.deployment_prevalence
-    )
-    if rule_out is not None and rule_in is not None and rule_in < rule_out:
-        rule_in = rule_out  # the PPV target is met below the rule-out cut: no amber band
-    return Thresholds(
-        None if rule_out is None else float(rule_out), None if rule_in is None else float(rule_in)
-    )
+def bootstrap_groups(frame: pd.DataFrame) -> np.ndarray:
+    """What a bootstrap draws whole: matched sets in a case-control sample, else patients."""
+    column = "matched_set" if "matched_set" in frame else "patient_id"
+    return frame[column].to_numpy()
 
 
 # --- the orchestrator ----------------------------------------------------------------------------
@@ -327,23 +332,23 @@ def train_model(spec: ModelSpec, options: TrainOptions) -> TrainResult:
     started = time.perf_counter()
     seed = spec.seed if options.seed is None else options.seed
     source = open_cohort(options.cohort, options.window_days, options.source, spec=spec)
-    cohort = validate_cohort(select_population(source.read(), spec), spec, source.digest())
+    selected = select_population(source.read(), spec)
+    cohort = validate_cohort(selected, spec, source.digest())
+    strata, sampling = None, None
+    if spec.calibration.case_control is not None:
+        strata, sampling = stratum_offsets(selected, spec, options.cohort)
+    del selected
     periods = split_periods(cohort.frame, spec, seed)
     y = {k: v[spec.outcome.column].to_numpy(np.int64) for k, v in periods.items()}
-
     x = {k: spec_feature_frame(spec, v) for k, v in periods.items()}
-    classifier = fit_booster(
-        x["train"], y["train"], x["stop"], y["stop"], spec, seed, options.num_threads
+    groups = {k: bootstrap_groups(v) for k, v in periods.items()}
+
+    fits = fit_families(x, y, spec, seed, options.num_threads, strata)
+    w_cal = sample_weights(fits["lightgbm"].calibration, x["calibrate"], y["calibrate"])
+    family, choice = choose_family(
+        spec, fits, x["calibrate"], y["calibrate"], groups["calibrate"], w_cal, seed
     )
-    calibration = calibrate(classifier, x["calibrate"], y["calibrate"], spec)
-    booster = best_booster(classifier)
-    untuned = TriagePredictor(
-        spec=spec, booster=booster, calibration=calibration, thresholds=Thresholds(None, None),
-        num_threads=options.num_threads,
-    )  # fmt: skip
-    p_cal = untuned.probability(x["calibrate"])
-    thresholds = choose_thresholds(y["calibrate"], p_cal, spec)
-    reference = reference_statistics(x["train"], untuned.probability(x["train"]))
+    chosen, other = fits[family], fits[choice["comparator"]]
     provenance = {
         "spec_digest": spec.digest,
         "cohort_digest": cohort.digest,
@@ -352,29 +357,35 @@ def train_model(spec: ModelSpec, options: TrainOptions) -> TrainResult:
         "seed": seed,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "lightgbm_version": lgb.__version__,
-        "best_iteration": int(classifier.best_iteration_ or spec.lightgbm.n_estimators),
+        "model_family": choice,
+        "best_iteration": fits["lightgbm"].iterations,
         "n_input": cohort.n_input,
         "cohort": describe_cohort(source, cohort, spec),
+        "case_control": sampling,
         "exclusions": cohort.exclusions,
         "rows": {k: len(v) for k, v in periods.items()},
         "events": {k: int(v.sum()) for k, v in y.items()},
     }
-    predictor = TriagePredictor(
-        spec=spec, booster=booster, calibration=calibration, thresholds=thresholds,
-        reference=reference, metadata=provenance, num_threads=options.num_threads,
-    )  # fmt: skip
+    cal = (x["calibrate"], y["calibrate"], groups["calibrate"], seed, options.num_threads)
+    predictor, choices = build_predictor(chosen, spec, *cal, metadata=provenance)
+    comparator, comparator_choices = build_predictor(other, spec, *cal)
+    provenance["thresholds"] = choices
 
     p_eval = predictor.probability(x["evaluate"])
+    p_base = comparator.probability(x["evaluate"])
     evaluation = evaluate_model(
-        periods["evaluate"], p_eval, thresholds, calibration, spec, options.n_boot, seed
-    )
-    baseline, baseline_calibration, p_base = fit_baseline(x, y, spec)
+        periods["evaluate"], p_eval, predictor.thresholds, predictor.calibration, spec,
+        options.n_boot, seed, choices=choices, case_control_sample=True,
+    )  # fmt: skip
     baseline_evaluation = evaluate_model(
-        periods["evaluate"], p_base, thresholds, baseline_calibration, spec, options.n_boot, seed
-    )
+        periods["evaluate"], p_base, comparator.thresholds, comparator.calibration, spec,
+        options.n_boot, seed, choices=comparator_choices, case_control_sample=True,
+    )  # fmt: skip
+    for ev, fam in ((evaluation, family), (baseline_evaluation, choice["comparator"])):
+        ev["model_family"] = fam
     evaluation["vs_baseline"] = paired_auc_difference(
-        y["evaluate"], p_eval, p_base, periods["evaluate"]["patient_id"].to_numpy(),
-        n_boot=options.n_boot, seed=seed,
+        y["evaluate"], p_eval, p_base, groups["evaluate"], n_boot=options.n_boot, seed=seed,
+        weights=sample_weights(chosen.calibration, x["evaluate"], y["evaluate"]),
     )  # fmt: skip
     predictions = periods["evaluate"][["patient_id", spec.outcome.column]].assign(
         probability=p_eval, baseline_probability=p_base
@@ -383,27 +394,8 @@ def train_model(spec: ModelSpec, options: TrainOptions) -> TrainResult:
         predictions.insert(0, "referral_id", periods["evaluate"]["referral_id"])
     provenance["train_seconds"] = round(time.perf_counter() - started, 2)
     return TrainResult(
-        spec=spec, predictor=predictor, baseline=baseline,
-        baseline_calibration=baseline_calibration, periods=periods, evaluation=evaluation,
-        baseline_evaluation=baseline_evaluation, predictions=predictions,
+        spec=spec, predictor=predictor, comparator=comparator, periods=periods,
+        evaluation=evaluation, baseline_evaluation=baseline_evaluation, predictions=predictions,
         shap_sample=explanation_sample(predictor, periods["evaluate"], seed),
         provenance=provenance,
     )  # fmt: skip
-
-
-def fit_baseline(
-    x: Mapping[str, pd.DataFrame], y: Mapping[str, np.ndarray], spec: ModelSpec
-) -> tuple[SplineLogisticBaseline, LogitCalibration, np.ndarray]:
-    """The spline-logistic baseline on the same split, calibrated the same way."""
-    features = spec.features
-    model = SplineLogisticBaseline(
-        continuous=[*features.analytes, *(["age"] if "age" in features.demographics else [])],
-        binary=["sex"] if "sex" in features.demographics else [],
-        categorical=list(features.context),
-    ).fit(  # every training row: the baseline has no early stopping to hold rows out for
-        pd.concat([x["train"], x["stop"]], ignore_index=True),
-        np.concatenate([y["train"], y["stop"]]),
-    )
-    calibration = calibrate(model, x["calibrate"], y["calibrate"], spec)
-    probability = calibration.probability(model.decision_function(x["evaluate"]))
-    return model, calibration, probability

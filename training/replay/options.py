@@ -85,7 +85,7 @@ class PinnedModel:
     catalogue_version: str
     catalogue_checksum: str
     spec_digest: str
-    folder: Path  # the local predictor folder (booster.txt + predictor.json)
+    folder: Path  # the local predictor folder (booster.txt or spline.json + predictor.json)
 
     @property
     def label(self) -> str:

@@ -100,8 +100,8 @@ def evaluate_replay(
         return None
     spec = predictor.spec
     # Only what the evaluation reads: every copy it makes of a national cohort costs memory.
-    wanted = ["patient_id", spec.split.date_column, "probability", "true_risk", "age",
-              *(c for c in spec.subgroups if c != "age_band")]  # fmt: skip
+    wanted = ["patient_id", spec.split.date_column, "probability", "true_risk", "age", "sex",
+              "matched_set", *(c for c in spec.subgroups if c != "age_band")]  # fmt: skip
     rows = evaluation[[outcome, *(c for c in dict.fromkeys(wanted) if c in evaluation)]]
     known = rows[outcome].notna().to_numpy()
     if not known.all():
