@@ -2,9 +2,11 @@
 
 A run carries: tags and a readable name, the LightGBM parameters and provenance as params, flat
 metrics (AUC with CI, calibration, thresholds, oracle gap, baseline), the full evaluation JSON for
-both models, the model card, the HTML report, the evaluation predictions (for paired comparisons),
-a SHAP sample, and the model itself: a pyfunc logged from code whose artifact is the predictor
-folder (text booster + JSON), with explicit pip requirements and a signature.
+both models, the model card, the HTML report, the evaluation predictions, the evaluation rows
+(`EVALUATION_ROWS`: canonical values, ids and outcome, with the model's probability; any later
+champion is re-scored on them when this version is compared or promoted), a SHAP sample, and the
+model itself: a pyfunc logged from code whose artifact is the predictor folder (text booster +
+JSON), with explicit pip requirements and a signature.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, Schema, TensorSpec
 
@@ -25,6 +29,7 @@ import models
 from models.spec import ColumnMapping, ModelSpec
 from models.units import from_canonical
 from training.evaluation.card import build_model_card
+from training.evaluation.formatting import family_label
 from training.evaluation.model import summary_metrics
 from training.evaluation.report import render_report
 from training.fit.train import TrainOptions, TrainResult, train_model
@@ -33,6 +38,7 @@ from training.registry.store import CHALLENGER, MODEL_ARTIFACT, Tracking
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 MODELS_PACKAGE = Path(models.__file__).parent
 RUNTIME_PACKAGES = ("lightgbm", "numpy", "pandas", "pydantic", "pyyaml", "mlflow")
+EVALUATION_ROWS = "evaluation_rows.parquet"  # the run artifact behind paired comparisons
 
 
 @dataclass(frozen=True)
@@ -89,16 +95,20 @@ def _mapping_of(spec: ModelSpec, target: str) -> ColumnMapping | None:
     return next((m for m in spec.column_map.values() if spec.column_target(m) == target), None)
 
 
-def comparison_tables(evaluation: dict[str, Any]) -> dict[str, pd.DataFrame]:
-    """Extra report tables computed at training time (paired LightGBM vs baseline AUC)."""
+def comparison_tables(
+    evaluation: dict[str, Any], comparator: dict[str, Any] | None = None
+) -> dict[str, pd.DataFrame]:
+    """Extra report tables computed at training time (paired served model vs comparator AUC)."""
     diff = evaluation.get("vs_baseline")
     if not diff:
         return {}
+    served = family_label(evaluation.get("model_family"), "served model")
+    other = family_label((comparator or {}).get("model_family"), "comparator")
     row = {
-        "AUC difference (LightGBM - spline baseline)": f"{diff['estimate']:+.4f}",
+        f"AUC difference ({served} - {other})": f"{diff['estimate']:+.4f}",
         "95% CI (paired patient-level bootstrap)": f"[{diff['low']:+.4f}, {diff['high']:+.4f}]",
     }
-    return {"LightGBM vs spline baseline, paired": pd.DataFrame([row])}
+    return {f"{served} vs {other}, paired": pd.DataFrame([row])}
 
 
 def input_example(spec: ModelSpec) -> pd.DataFrame:
@@ -140,7 +150,7 @@ def render(result: TrainResult, run_id: str | None = None) -> tuple[dict[str, An
         evaluation=result.evaluation,
         baseline_evaluation=result.baseline_evaluation,
         shap_sample=result.shap_sample,
-        extra_tables=comparison_tables(result.evaluation),
+        extra_tables=comparison_tables(result.evaluation, result.baseline_evaluation),
     )
     return card, html
 
@@ -154,7 +164,8 @@ def log_training(result: TrainResult, tracking: Tracking, *, register: bool = Tr
     try:
         with mlflow.start_run(
             experiment_id=tracking.experiment_id(spec.name),
-            run_name=f"{spec.name} lightgbm {provenance['trained_at'][:16].replace('T', ' ')}",
+            run_name=f"{spec.name} {result.predictor.family} "
+            f"{provenance['trained_at'][:16].replace('T', ' ')}",
         ) as run:
             run_id = run.info.run_id
             mlflow.set_tags(
@@ -163,7 +174,7 @@ def log_training(result: TrainResult, tracking: Tracking, *, register: bool = Tr
                     "spec_digest": provenance["spec_digest"],
                     "cohort_digest": provenance["cohort_digest"][:16],
                     "code_version": provenance["code_version"],
-                    "model_family": "lightgbm + sigmoid calibration",
+                    "model_family": f"{result.predictor.family} + sigmoid calibration",
                     "case_control": str(spec.is_case_control).lower(),
                     "mlflow.note.content": f"{spec.title}. {spec.intended_use}",
                 }
@@ -181,6 +192,7 @@ def log_training(result: TrainResult, tracking: Tracking, *, register: bool = Tr
             for name, frame in (
                 ("evaluation_predictions", result.predictions),
                 ("shap_sample", result.shap_sample),
+                (EVALUATION_ROWS.removesuffix(".parquet"), evaluation_rows(result)),
             ):
                 path = work / f"{name}.parquet"
                 frame.to_parquet(path, index=False)
@@ -212,6 +224,30 @@ def log_training(result: TrainResult, tracking: Tracking, *, register: bool = Tr
         shutil.rmtree(work, ignore_errors=True)
 
 
+def evaluation_rows(result: TrainResult) -> pd.DataFrame:
+    """The evaluation period's rows as validated (catalogue codes in canonical units, age, sex,
+    pathway, ids, index date, outcome, subgroup columns) with the model's own `probability`:
+    another model is scored on the same patients from them, without the cohort file."""
+    rows = result.periods["evaluate"].reset_index(drop=True)
+    probability = result.predictions["probability"].to_numpy()
+    if len(probability) != len(rows):
+        raise ValueError("evaluation predictions and rows differ in length")
+    return parquet_safe(rows.assign(probability=probability))
+
+
+def parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns Parquet cannot store as they are (mixed text and numbers) as text; missing
+    values stay missing."""
+    out = frame.copy()
+    for column in [c for c in out.columns if out[c].dtype == np.dtype(object)]:
+        try:
+            pa.array(out[column], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            values = out[column]
+            out[column] = values.where(values.isna(), values.astype(str))
+    return out
+
+
 def scratch_dir() -> Path:
     """A new temporary folder (the caller removes it)."""
     return Path(tempfile.mkdtemp(prefix="triage-"))
@@ -240,6 +276,8 @@ def _params(result: TrainResult) -> dict[str, Any]:
     params: dict[str, Any] = {f"lgbm_{k}": v for k, v in result.spec.lightgbm.model_dump().items()}
     params |= {
         "spec": result.spec.name,
+        "model_family": result.predictor.family,
+        "model_family_rule": result.spec.model.family,
         "seed": p["seed"],
         "best_iteration": p["best_iteration"],
         "cohort_path": p["cohort_path"],
