@@ -42,6 +42,7 @@ from training.console import (
     project_workdir,
     use_bentoml_store,
 )
+from training.evaluation.formatting import family_label
 from training.fit.train import TrainOptions
 from training.registry.promote import Gate, promote
 from training.registry.runs import Trained, train_and_register
@@ -65,7 +66,9 @@ def main(
     # 4M people give ~2,400 myeloma cases: enough for stable thresholds in a temporal split.
     population: Annotated[int, typer.Option(help="simulated myeloma population")] = 4_000_000,
     seed: Annotated[int, typer.Option(help="simulation seed")] = 7,
-    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for CIs")] = 200,
+    n_boot: Annotated[
+        int, typer.Option(help="bootstrap resamples for CIs (the gates read them: >= 1,000)")
+    ] = 1000,
     port: Annotated[int, typer.Option(help="port to serve on (127.0.0.1)")] = 3000,
     serve: Annotated[bool, typer.Option(help="serve after the release (--no-serve: stop)")] = True,
 ) -> None:
@@ -132,9 +135,12 @@ def train_and_promote(
 
 
 def summary_table(outcomes: Mapping[str, tuple[Trained, bool, list[Gate]]]) -> Table:
-    """One row per model: version, evaluation-period AUC, calibration, champion or why not."""
+    """One row per model: version, family, evaluation-period AUC, calibration, flagged subgroup
+    levels, champion or why not."""
     table = Table(title="Trained and registered (evaluation period)")
-    for column in ("model", "version", "AUC [95% CI]", "oracle AUC", "slope", "O/E", "champion"):
+    columns = ("model", "version", "family", "AUC [95% CI]", "oracle AUC", "slope", "O/E",
+               "subgroups flagged", "champion")  # fmt: skip
+    for column in columns:
         table.add_column(column)
     for name, (trained, promoted, gates) in outcomes.items():
         ev = trained.result.evaluation
@@ -143,10 +149,12 @@ def summary_table(outcomes: Mapping[str, tuple[Trained, bool, list[Gate]]]) -> T
         table.add_row(
             name,
             str(trained.logged.version),
+            family_label(ev.get("model_family"), "-"),
             f"{auc['estimate']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]",
             f"{ev['oracle']['oracle_auc']:.3f}" if ev.get("oracle") else "-",
             f"{ev['calibration']['slope']:.3f}",
             f"{ev['calibration']['observed_expected']:.3f}",
+            str(len((ev.get("subgroups") or {}).get("flagged") or [])),
             "yes" if promoted else f"no ({failed})",
         )
     return table

@@ -12,6 +12,13 @@ from rich.table import Table
 
 from training.cli.app import WORKDIR, TrackingUriOption, WorkdirOption, _fmt_ci, _tracking, app
 from training.console import make_console, use_bentoml_store
+from training.evaluation.formatting import (
+    difference_text,
+    family_label,
+    green_risk_text,
+    interval_text,
+    threshold_choice_text,
+)
 
 if TYPE_CHECKING:
     from training.cohorts.reader import Source
@@ -26,7 +33,9 @@ def train(
     cohort: Annotated[Path, typer.Option(help="wide file, or folder with wide or long tables")],
     workdir: WorkdirOption = WORKDIR,
     tracking_uri: TrackingUriOption = None,
-    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for CIs")] = 200,
+    n_boot: Annotated[
+        int, typer.Option(help="bootstrap resamples for CIs (the gates read them: >= 1,000)")
+    ] = 1000,
     seed: Annotated[int | None, typer.Option(help="override the spec's seed")] = None,
     window_days: Annotated[int, typer.Option(help="as-of window for long cohorts")] = 90,
     register: Annotated[bool, typer.Option(help="register the model as challenger")] = True,
@@ -62,8 +71,8 @@ def _print_training(result, logged, report_path: Path) -> None:  # type: ignore[
     ev, base = result.evaluation, result.baseline_evaluation
     table = Table(title=f"{result.spec.name}: evaluation period ({ev.get('scale', 'cohort')})")
     table.add_column("metric")
-    table.add_column("LightGBM")
-    table.add_column("spline baseline")
+    table.add_column(f"{family_label(ev.get('model_family'), 'served model')} (served)")
+    table.add_column(f"{family_label(base.get('model_family'), 'comparator')} (comparator)")
     rows = [
         ("rows / events", f"{ev['n']:,} / {ev['events']:,}", ""),
         ("AUC [95% CI]", _fmt_ci(ev["auc"]), _fmt_ci(base["auc"])),
@@ -85,8 +94,8 @@ def _print_training(result, logged, report_path: Path) -> None:  # type: ignore[
         table.add_row(*row)
     console = make_console()
     console.print(table)
-    console.print(f"thresholds: {describe_thresholds(result.predictor.thresholds, result.spec)}")
     provenance = result.provenance
+    _print_findings(console, ev, provenance, result.predictor.thresholds, result.spec)
     rows, events = provenance["rows"], provenance["events"]
     console.print(
         "rows / events by period: "
@@ -104,6 +113,47 @@ def _print_training(result, logged, report_path: Path) -> None:  # type: ignore[
     )
     console.print(f"run {logged.run_id}; {registered}")
     console.print(f"report: {report_path}")
+
+
+def _print_findings(console: Any, ev: Any, provenance: Any, thresholds: Any, spec: Any) -> None:
+    """The served family and why, the thresholds (or why not set), the green band's risk against
+    the referral threshold, and the flagged subgroups."""
+    choice = provenance.get("model_family") or {}
+    difference = difference_text(choice.get("calibration_auc_difference"))
+    console.print(
+        f"served model: {family_label(choice.get('chosen') or ev.get('model_family'), '?')}: "
+        + (choice.get("reason") or f"calibration-period ΔAUC LightGBM - spline {difference}"),
+        markup=False,
+    )
+    console.print(f"thresholds: {describe_thresholds(thresholds, spec)}")
+    chosen = provenance.get("thresholds") or {}
+    for key, band in (("rule_out", "green"), ("rule_in", "red")):
+        console.print(f"  {band}: {threshold_choice_text(chosen.get(key))}", markup=False)
+    green = (ev.get("thresholds") or {}).get("green")
+    below = isinstance(green, dict) and green.get("risk_in_green_below_referral") is True
+    console.print(green_risk_text(green), style=None if below else "yellow", markup=False)
+    flags = (ev.get("subgroups") or {}).get("flagged") or []
+    if not flags:
+        console.print("subgroups flagged: none")
+        return
+    table = Table(title=f"Subgroups flagged ({len(flags)})", title_style="bold red")
+    for column in (
+        "subgroup",
+        "level",
+        "events",
+        "check failed",
+        "rule-out sens % [CI]",
+        "O/E [CI]",
+    ):
+        table.add_column(column)
+    for entry in flags:
+        table.add_row(
+            str(entry.get("column")), str(entry.get("level")), f"{entry.get('events', 0):,}",
+            ", ".join(entry.get("flags") or []),
+            interval_text(entry.get("rule_out_sensitivity"), percent=True),
+            interval_text(entry.get("observed_expected_ci"), 2),
+        )  # fmt: skip
+    console.print(table)
 
 
 def describe_thresholds(thresholds: Any, spec: Any) -> str:
@@ -128,18 +178,30 @@ def compare(
     model: Annotated[str, typer.Option("--model", "--spec", help=MODEL_HELP)],
     workdir: WorkdirOption = WORKDIR,
     tracking_uri: TrackingUriOption = None,
-    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for paired CIs")] = 200,
+    n_boot: Annotated[
+        int | None,
+        typer.Option(
+            help="bootstrap resamples for paired CIs (default: the spec's promotion.n_boot)"
+        ),
+    ] = None,
 ) -> None:
-    """Side-by-side table of registered versions and the champion."""
+    """Side-by-side table of registered versions and the champion: each version's ΔAUC is
+    measured on its own evaluation patients, re-scored by the champion."""
     from training.registry.promote import compare as compare_versions
     from training.registry.store import model_spec
 
     tracking = _tracking(workdir, tracking_uri)
     spec = model_spec(tracking, model)  # the champion's (else the latest version's) spec
     frame = compare_versions(tracking, spec, n_boot=n_boot)
-    table = Table(title=f"{spec.name}: registered versions (evaluation period)")
-    for column in ("version", "aliases", "AUC [CI]", "ΔAUC vs champion [CI]", "slope", "O/E",
-                   "rule-out sens [CI]", "ruled out", "net benefit"):  # fmt: skip
+    resamples = int(frame["n_boot"].iloc[0]) if len(frame) else spec.promotion.n_boot
+    table = Table(
+        title=f"{spec.name}: registered versions (evaluation period)",
+        caption=f"ΔAUC: version - champion on the version's own evaluation rows, re-scored by "
+        f"the champion (rows compared / refused by it); 95% CI from {resamples:,} paired "
+        f"bootstrap resamples of patients (of matched sets for case-control rows)",
+    )
+    for column in ("version", "aliases", "AUC [CI]", "ΔAUC vs champion [CI]", "rows compared",
+                   "slope", "O/E", "rule-out sens [CI]", "ruled out", "net benefit"):  # fmt: skip
         table.add_column(column)
     for row in frame.to_dict("records"):
         diff = row["auc_diff_vs_champion"]
@@ -147,8 +209,10 @@ def compare(
             str(row["version"]),
             row["aliases"] or "-",
             f"{row['auc']:.3f} [{row['auc_ci'][0]:.3f}, {row['auc_ci'][1]:.3f}]",
-            "-" if row["auc_diff_ci"] is None else f"{diff:+.4f} [{row['auc_diff_ci'][0]:+.4f}, "
-            f"{row['auc_diff_ci'][1]:+.4f}]",
+            (row["auc_diff_note"] or "-") if row["auc_diff_ci"] is None else
+            f"{diff:+.4f} [{row['auc_diff_ci'][0]:+.4f}, {row['auc_diff_ci'][1]:+.4f}]",
+            "-" if row["auc_diff_ci"] is None else
+            f"{int(row['auc_diff_rows']):,} / {int(row['auc_diff_refused']):,} refused",
             f"{row['calibration_slope']:.3f}",
             f"{row['observed_expected']:.3f}",
             "-" if row["rule_out_sensitivity"] is None else
@@ -228,13 +292,14 @@ def report(
     card = run_artifact_json(client, run_id, "model_card.json")
     shap_sample = read_run_artifact(client, run_id, "shap_sample.parquet", pd.read_parquet)
     evaluation = run_artifact_json(client, run_id, "metrics.json")
+    comparator = run_artifact_json(client, run_id, "baseline_metrics.json")
     html = render_report(
         title=f"{card.get('title', card.get('name', run_id))}: evaluation report",
         model_card=card,
         evaluation=evaluation,
-        baseline_evaluation=run_artifact_json(client, run_id, "baseline_metrics.json"),
+        baseline_evaluation=comparator,
         shap_sample=shap_sample,
-        extra_tables=comparison_tables(evaluation),
+        extra_tables=comparison_tables(evaluation, comparator),
     )
     target = out or workdir / "reports" / f"run-{run_id}.html"
     target.parent.mkdir(parents=True, exist_ok=True)

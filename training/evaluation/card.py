@@ -16,7 +16,7 @@ from typing import Any
 from models.spec import ModelSpec
 from models.triage import spec_recommendations
 from models.validation import ISSUE_CODES
-from training.evaluation.formatting import inline_text
+from training.evaluation.formatting import family_label, inline_text, is_finite_number
 from training.json_files import json_safe
 
 # --------------------------------------------------------------------------- model card
@@ -125,19 +125,121 @@ def _data_limitations(spec: ModelSpec, cohort: Mapping[str, Any] | None) -> list
     return items
 
 
+def _count(value: Any) -> str:
+    return (
+        f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "not recorded"
+    )
+
+
+def population_scale_text(spec: ModelSpec, data_summary: Mapping[str, Any]) -> str:
+    """How the probabilities reach the population's scale (case-control specs), or that they
+    are on the cohort's own scale."""
+    design, prevalence = spec.calibration.case_control, spec.calibration.deployment_prevalence
+    if design is None and prevalence is None:
+        return "Cohort scale: no case-control sampling, so no shift to a population is needed."
+    if design is None:
+        return (
+            f"Global shift: one log-odds intercept correction to the stated deployment "
+            f"prevalence {prevalence:g} (legacy: not by stratum)."
+        )
+    match = " x ".join(
+        f"{design.age_band_years}-year age band" if m == "age_band" else m for m in design.match_on
+    )
+    text = (
+        f"Per-stratum offsets: controls were matched on {match}; each stratum s gets its own "
+        "offset log r_s (r_s = controls sampled / the population's non-cases in s), from the "
+        f"population counts file {design.population_counts}, added to the calibrated log-odds."
+    )
+    sampling = data_summary.get("case_control")
+    if not isinstance(sampling, Mapping):
+        return text + " The population's counts were not recorded with this run."
+    prevalence_value = sampling.get("population_prevalence")
+    share = sampling.get("overall_sampling_fraction")
+    text += (
+        f" Population {_count(sampling.get('population'))} with "
+        f"{_count(sampling.get('population_cases'))} cases (prevalence "
+        + (f"{prevalence_value:.3g}" if isinstance(prevalence_value, float) else "not recorded")
+        + f"); {_count(sampling.get('strata'))} strata; sample "
+        f"{_count(sampling.get('sampled_cases'))} cases and {_count(sampling.get('controls'))} "
+        "controls"
+        + (f" ({share:.3g} of the population's non-cases)" if isinstance(share, float) else "")
+        + "."
+    )
+    borrowed = [str(b) for b in sampling.get("borrowed") or []]
+    text += (
+        " Bands that borrowed a neighbour's offset: " + "; ".join(borrowed) + "."
+        if borrowed
+        else " No band borrowed a neighbour's offset."
+    )
+    return text
+
+
+def _family(data_summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The served family, the comparator and why (`provenance["model_family"]`)."""
+    choice = data_summary.get("model_family")
+    if not isinstance(choice, Mapping):
+        return {"chosen": None, "comparator": None, "text": "Model family: not recorded."}
+    chosen, comparator = choice.get("chosen"), choice.get("comparator")
+    reason = choice.get("reason") or "no reason recorded"
+    return {
+        "rule": choice.get("rule"),
+        "chosen": chosen,
+        "comparator": comparator,
+        "calibration_auc_difference": json_safe(choice.get("calibration_auc_difference")),
+        "text": f"Served: {family_label(chosen, 'not recorded')} (comparator "
+        f"{family_label(comparator, 'not recorded')}): {_sentence(str(reason))}.",
+    }
+
+
+def threshold_texts(choices: Any) -> list[str]:
+    """One line per threshold choice: the cut-off and what it rests on, or why it was not set."""
+    if not isinstance(choices, Mapping):
+        return ["Thresholds: choices not recorded."]
+    lines = []
+    for key, band in (("rule_out", "Green (rule-out)"), ("rule_in", "Red (rule-in)")):
+        c = choices.get(key)
+        if not isinstance(c, Mapping):
+            lines.append(f"{band}: not recorded.")
+            continue
+        minimum = c.get("min_events", "not recorded")
+        events = f"{_count(c.get('events'))} calibration-period events (minimum {minimum})"
+        target = c.get("target")
+        target_text = f"target {target:g}" if isinstance(target, float) else "target not recorded"
+        if c.get("threshold") is None:
+            lines.append(
+                f"{band}: not set ({c.get('reason') or 'no reason recorded'}); {target_text}, "
+                f"{events}."
+            )
+            continue
+        bound = c.get("lower_bound")
+        lines.append(
+            f"{band}: {c['threshold']:.4g} by {c.get('method', 'unknown method')} ({target_text}"
+            + (f", lower 95% bound {bound:.3f}" if is_finite_number(bound) else "")
+            + f"), {events}, {_count(c.get('events_in_band'))} events in band."
+        )
+    return lines
+
+
 def _limitations(spec: ModelSpec, data_summary: Mapping[str, Any]) -> list[str]:
     items = [
         *_data_limitations(spec, _cohort(data_summary)),
-        "Missing data: untested analytes stay missing and LightGBM routes them with its native "
-        "NaN handling (a learned default direction at each split); nothing is imputed. A "
-        "different test-ordering pattern at deployment can shift the risks.",
+        "Missing data: nothing is imputed from other patients' outcomes. LightGBM routes an "
+        "untested analyte with its native NaN handling; the spline logistic model takes the "
+        "training median plus a missing-indicator term. A different test-ordering pattern at "
+        "deployment can shift the risks.",
     ]
     rate = (
         "conversion rate"
         if spec.cohort.kind == "referrals"
         else f"rate of {spec.outcome.plural_name}"
     )
-    if spec.is_case_control:
+    if spec.calibration.case_control is not None:
+        items.append(
+            "Case-control training: " + population_scale_text(spec, data_summary) + " The "
+            "evaluation is on the population scale (controls weighted 1/r_s, resamples of whole "
+            "matched sets); offsets are only as good as the population counts."
+        )
+    elif spec.calibration.deployment_prevalence is not None:
         items.append(
             f"Case-control training: the probabilities are shifted (log-odds intercept "
             f"correction) to the stated deployment prevalence "
@@ -152,9 +254,11 @@ def _limitations(spec: ModelSpec, data_summary: Mapping[str, Any]) -> list[str]:
         )
     items.append(
         f"Subgroup sizes: estimates for small subgroups rest on few {spec.outcome.plural_name} "
-        "(no AUC below 5); "
-        "see the subgroup table for n and events. Subgroup AUC intervals are Hanley-McNeil "
-        "(row-level), not patient-level bootstrap."
+        "(no AUC below 5; no flag below "
+        f"{spec.promotion.subgroup_min_events}); see the subgroup table for n and events. "
+        "Subgroup AUC and O/E intervals are bootstrap percentile intervals over patients (matched "
+        "sets for a case-control sample), not Hanley-McNeil; rule-out sensitivity intervals "
+        "are Wilson."
     )
     if "events" in data_summary:
         items.append(f"Events per period: {inline_text(data_summary['events'])}.")
@@ -227,13 +331,17 @@ def _tripod(spec: ModelSpec, data_summary: Mapping[str, Any]) -> list[dict[str, 
             "-",
             "Missing data",
             _PARTIAL,
-            "LightGBM native NaN routing (limitations); missingness is not tabulated by subgroup.",
+            "LightGBM native NaN routing or the spline model's median plus missing indicator "
+            "(limitations); missingness is not tabulated by subgroup.",
         ),
         (
             "-",
             "Class imbalance / case-control sampling",
             _COVERED if spec.is_case_control else _PARTIAL,
-            "Prevalence shift and Bayes PPV/NPV at the deployment prevalence"
+            "Per-stratum offsets log r_s from the population counts; evaluation weighted to "
+            "the population (controls 1/r_s), bootstrap over matched sets"
+            if spec.calibration.case_control is not None
+            else "Global prevalence shift and Bayes PPV/NPV at the deployment prevalence"
             if spec.is_case_control
             else "No resampling or class weights; Platt calibration on a later period.",
         ),
@@ -241,8 +349,9 @@ def _tripod(spec: ModelSpec, data_summary: Mapping[str, Any]) -> list[dict[str, 
             "-",
             "Fairness",
             _PARTIAL,
-            "Performance by subgroup (AUC, O/E, rule-out sensitivity); no fairness constraint, "
-            "formal disparity test or mitigation.",
+            "Performance by subgroup (AUC, O/E, rule-out sensitivity); levels with enough "
+            "events are flagged when sensitivity or O/E misses its target; no fairness "
+            "constraint, formal disparity test or mitigation.",
         ),
         (
             "-",
@@ -260,9 +369,20 @@ def _tripod(spec: ModelSpec, data_summary: Mapping[str, Any]) -> list[dict[str, 
             "-",
             "Clinical utility",
             _COVERED,
-            "Decision curve (net benefit); sensitivity/specificity/PPV/NPV at the RAG thresholds.",
+            "Decision curve (net benefit over a grid suited to the prevalence); sensitivity/"
+            "specificity/PPV/NPV and the risk in the green band against the referral threshold "
+            "at the RAG thresholds. Thresholds are chosen on the calibration period (green: the "
+            "lower 95% bound of sensitivity must reach the target; none with too few events); "
+            "their CIs on the evaluation period are Wilson, or bootstrap percentile when the "
+            "rows are population-weighted.",
         ),
-        ("-", "Subgroup performance", _COVERED, "Subgroups section."),
+        (
+            "-",
+            "Subgroup performance",
+            _COVERED,
+            "Subgroups section: AUC and O/E with patient-level bootstrap CIs (not "
+            "Hanley-McNeil), rule-out sensitivity with Wilson CIs; flagged levels listed.",
+        ),
         (
             "-",
             "Model updating",
@@ -336,7 +456,13 @@ def build_model_card(spec: ModelSpec, *, data_summary: Mapping[str, Any]) -> dic
         "calibration": {
             "method": spec.calibration.method,
             "deployment_prevalence": spec.calibration.deployment_prevalence,
+            "case_control": None
+            if spec.calibration.case_control is None
+            else spec.calibration.case_control.model_dump(mode="json"),
         },
+        "population_scale": population_scale_text(spec, data_summary),
+        "model_family": _family(data_summary),
+        "thresholds": threshold_texts(data_summary.get("thresholds")),
         "triage_policy": {
             "rule_out_sensitivity": spec.triage.rule_out_sensitivity,
             "rule_in_ppv": spec.triage.rule_in_ppv,

@@ -63,3 +63,84 @@ def inline_text(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}" if math.isfinite(value) else "–"
     return str(value)
+
+
+# --------------------------------------------------------------------------- findings
+
+FAMILY_LABELS = {"lightgbm": "LightGBM", "spline": "spline logistic"}
+_FLAG_WORDS = {
+    "rule_out_sensitivity": "rule-out sensitivity below target",
+    "observed_expected": "O/E outside the range",
+}
+
+
+def family_label(family: Any, default: str = "model") -> str:
+    """`LightGBM` / `spline logistic` for a model family (`default` when none is recorded)."""
+    return FAMILY_LABELS.get(str(family), str(family)) if family else default
+
+
+def green_risk_text(green: Any) -> str:
+    """`Risk in the green band 0.4% [0.3%, 0.6%], below the 3% referral threshold`, or why the
+    risk cannot be given."""
+    if not isinstance(green, Mapping):
+        return "No green band: no rule-out threshold was set."
+    risk = green.get("risk_in_green")
+    if not isinstance(risk, Mapping) or not is_finite_number(risk.get("estimate")):
+        return "Risk in the green band: not available (nobody in the band)."
+
+    def pct(value: Any) -> str:
+        return f"{value * 100:.2g}%" if is_finite_number(value) else "–"
+
+    ci = f" [{pct(risk.get('low'))}, {pct(risk.get('high'))}]"
+    ci = ci if is_finite_number(risk.get("low")) and is_finite_number(risk.get("high")) else ""
+    text = f"Risk in the green band {pct(risk['estimate'])}{ci}"
+    referral = green.get("referral_threshold")
+    if not is_finite_number(referral):
+        return text + " (no referral threshold compared: not on the population's scale)."
+    below = green.get("risk_in_green_below_referral")
+    relation = (
+        "below"
+        if below is True
+        else "NOT clearly below (the upper bound reaches)"
+        if below is False
+        else "compared with"
+    )
+    return f"{text}, {relation} the {referral * 100:g}% referral threshold."
+
+
+def flag_text(entry: Mapping[str, Any], events: str = "events") -> str:
+    """One flagged subgroup level: `age_band 80+ (42 events): rule-out sensitivity below target
+    (sensitivity 88.1% [76.0, 94.6]; O/E 1.31 [1.02, 1.66])`."""
+    checks = ", ".join(_FLAG_WORDS.get(str(f), str(f)) for f in entry.get("flags") or [])
+    figures = (
+        f"sensitivity {interval_text(entry.get('rule_out_sensitivity'), percent=True)}; "
+        f"O/E {interval_text(entry.get('observed_expected_ci'), 2)}"
+    )
+    return (
+        f"{entry.get('column')} {entry.get('level')} ({number_text(entry.get('events'))} "
+        f"{events}): {checks or 'flagged'} ({figures})"
+    )
+
+
+def threshold_choice_text(choice: Any) -> str:
+    """How a threshold was chosen: method, events behind it, or why it was not set."""
+    if not isinstance(choice, Mapping):
+        return "choice not recorded"
+    events = f"{number_text(choice.get('events'))} events (minimum {choice.get('min_events')})"
+    if choice.get("threshold") is None:
+        return f"not set: {choice.get('reason') or 'no reason recorded'}; {events}"
+    bound = choice.get("lower_bound")
+    bound_text = f", lower bound {number_text(bound)}" if is_finite_number(bound) else ""
+    return (
+        f"{choice.get('method')} (target {number_text(choice.get('target'), 4)}"
+        f"{bound_text}), {events}"
+    )
+
+
+def difference_text(value: Any) -> str:
+    """`+0.0123 [-0.0010, +0.0250]` (a paired AUC difference), or `not recorded`."""
+    if not isinstance(value, Mapping) or not is_finite_number(value.get("estimate")):
+        return "not recorded"
+    low, high = value.get("low"), value.get("high")
+    ci = f" [{low:+.4f}, {high:+.4f}]" if is_finite_number(low) and is_finite_number(high) else ""
+    return f"{value['estimate']:+.4f}{ci}"

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.evaluation.formatting import is_finite_number, number_text
+from training.evaluation.formatting import family_label, is_finite_number, number_text
 
 PLOT_DPI = 110
 MODEL_LABEL = "LightGBM"
@@ -49,8 +49,12 @@ def _encode(fig: Any) -> str:
 def _models(
     evaluation: Mapping[str, Any], baseline: Mapping[str, Any] | None
 ) -> list[tuple[str, Mapping[str, Any]]]:
-    pairs = [(MODEL_LABEL, evaluation)]
-    return pairs + ([(BASELINE_LABEL, baseline)] if baseline else [])
+    """(label, evaluation) pairs: each labelled by its model family when recorded."""
+    pairs = [(family_label(evaluation.get("model_family"), MODEL_LABEL), evaluation)]
+    if baseline:
+        label = family_label(baseline.get("model_family"), BASELINE_LABEL)
+        pairs.append((label if label != pairs[0][0] else f"{label} (comparator)", baseline))
+    return pairs
 
 
 def roc_plot(evaluation: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> str:
@@ -101,23 +105,44 @@ def calibration_plot(evaluation: Mapping[str, Any], baseline: Mapping[str, Any] 
 
 
 def decision_plot(evaluation: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> str:
-    """Net benefit against threshold probability, with treat-all and treat-none."""
+    """Net benefit against threshold probability over the evaluation's own grid (log axis),
+    with treat-all and treat-none and the quoted point marked with its reason."""
 
     def draw(fig: Any) -> None:
         ax = fig.add_subplot()
         curve = pd.DataFrame(evaluation.get("net_benefit") or [])
         if curve.empty:
             return
+        curve = curve[curve["threshold"] > 0]
         for label, ev in _models(evaluation, baseline):
             own = pd.DataFrame(ev.get("net_benefit") or [])
             if not own.empty:
+                own = own[own["threshold"] > 0]
                 ax.plot(own["threshold"], own["model"], label=label)
         ax.plot(curve["threshold"], curve["treat_all"], color="grey", label="treat all")
         ax.plot(curve["threshold"], curve["treat_none"], color="black", label="treat none")
+        at = evaluation.get("net_benefit_at") or {}
+        if is_finite_number(at.get("threshold")) and is_finite_number(at.get("model")):
+            reason = at.get("reason")
+            ax.plot(
+                [at["threshold"]],
+                [at["model"]],
+                "o",
+                color="red",
+                label=f"quoted: {at['threshold']:.3g}" + (f" ({reason})" if reason else ""),
+            )
+            ax.axvline(at["threshold"], color="red", linestyle=":", alpha=0.6)
         prevalence = evaluation.get("prevalence")
         top = prevalence if is_finite_number(prevalence) and prevalence > 0 else 0.1
-        ax.set(xlabel="threshold probability", ylabel="net benefit", ylim=(-0.1 * top, 1.1 * top))
-        ax.legend(loc="upper right")
+        if not curve.empty:
+            ax.set_xscale("log")
+            ax.set_xlim(float(curve["threshold"].min()), float(curve["threshold"].max()))
+        ax.set(
+            xlabel="threshold probability (log scale)",
+            ylabel="net benefit",
+            ylim=(-0.1 * top, 1.1 * top),
+        )
+        ax.legend(loc="upper right", fontsize="small")
 
     return _png(draw, (6.0, 4.2))
 

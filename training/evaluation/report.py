@@ -15,11 +15,16 @@ from typing import Any
 import pandas as pd
 
 from training.evaluation.formatting import (
+    difference_text,
     escape,
+    family_label,
+    flag_text,
+    green_risk_text,
     inline_text,
     interval_text,
     is_finite_number,
     number_text,
+    threshold_choice_text,
 )
 from training.evaluation.plots import (
     BASELINE_LABEL,
@@ -40,7 +45,7 @@ SECTIONS: dict[str, str] = {
     "decision": "Decision curve",
     "thresholds": "Triage thresholds",
     "subgroups": "Subgroups",
-    "comparison": "LightGBM vs baseline",
+    "comparison": "Served model vs comparator",
     "periods": "Performance by period",
     "prevalence": "Prevalence-adjusted performance (case-control)",
     "shap": "Explanations (SHAP)",
@@ -105,8 +110,36 @@ def _header(
     items = "".join(f"<li><b>{escape(k)}</b>: {escape(v)}</li>" for k, v in facts)
     nav = " · ".join(f'<a href="#{k}">{escape(SECTIONS[k])}</a>' for k in sections)
     return (
-        f"<header><h1>{escape(title)}</h1><ul class='facts'>{items}</ul><nav>{nav}</nav></header>"
+        f"<header><h1>{escape(title)}</h1><ul class='facts'>{items}</ul><nav>{nav}</nav>"
+        f"{_findings(card, evaluation)}</header>"
     )
+
+
+def _findings(card: Mapping[str, Any], ev: Mapping[str, Any]) -> str:
+    """The highlighted box at the top: scale, family, green-band risk, flagged subgroups."""
+    family: Mapping[str, Any] = card.get("model_family") or {}
+    served = family_label(ev.get("model_family") or family.get("chosen"), "not recorded")
+    lines = [f"Figures on the {ev.get('scale') or 'scale of the given predictions'} scale."]
+    lines.append(
+        f"Served model: {served}; calibration-period ΔAUC (LightGBM - spline) "
+        f"{difference_text(family.get('calibration_auc_difference'))}; evaluation-period ΔAUC "
+        f"(served - comparator) {difference_text(ev.get('vs_baseline'))}."
+        + (f" {family['text']}" if family.get("text") else "")
+    )
+    lines.append(green_risk_text((ev.get("thresholds") or {}).get("green")))
+    items = "".join(f"<li>{escape(x)}</li>" for x in lines)
+    block = ev.get("subgroups")
+    flags = block.get("flagged") if isinstance(block, Mapping) else None
+    if flags:
+        plural = outcome_words(card)[1]
+        listed = "".join(f"<li>{escape(flag_text(f, plural))}</li>" for f in flags)
+        flagged = f"<p class='flag'><b>Subgroups flagged ({len(flags)})</b></p><ul>{listed}</ul>"
+    elif isinstance(flags, list) and isinstance(block, Mapping):
+        checked = block.get("min_events_for_flags", "–")
+        flagged = f"<p>No subgroup flagged (levels with at least {escape(checked)} events).</p>"
+    else:
+        flagged = ""
+    return f"<div class='findings'><h2>Key findings</h2><ul>{items}</ul>{flagged}</div>"
 
 
 def _card_section(card: Mapping[str, Any]) -> str:
@@ -147,7 +180,7 @@ def _card_section(card: Mapping[str, Any]) -> str:
             ),
         ),
         ("Eligibility", inline_text(card.get("eligibility", "–"))),
-        ("Calibration", inline_text(card.get("calibration", "–"))),
+        *_card_model_rows(card),
         ("Triage policy", inline_text(card.get("triage_policy", "–"))),
         *(
             [("Recommendations", inline_text(card["recommendations"]))]
@@ -168,6 +201,20 @@ def _card_section(card: Mapping[str, Any]) -> str:
         + f"<h3>Must not be used for</h3><ul>{not_for}</ul>"
         + f"<h3>Limitations</h3><ul>{limits}</ul>",
     )
+
+
+def _card_model_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Calibration, the population scale, the model family and the thresholds (older cards:
+    the calibration dict as logged)."""
+    if "population_scale" not in card:
+        return [("Calibration", inline_text(card.get("calibration", "–")))]
+    family = card.get("model_family") or {}
+    return [
+        ("Calibration", str((card.get("calibration") or {}).get("method", "–"))),
+        ("Population scale", str(card["population_scale"])),
+        ("Model family", str(family.get("text", "not recorded"))),
+        ("Thresholds", " ".join(card.get("thresholds") or ["not recorded"])),
+    ]
 
 
 def _tripod_section(card: Mapping[str, Any]) -> str:
@@ -221,7 +268,8 @@ def _headline_section(ev: Mapping[str, Any], events: str) -> str:
         f"({number_text(ev.get('n_boot'))} resamples). "
         "Perfect calibration: O/E 1, intercept 0, slope 1."
     )
-    table = _table(["metric", MODEL_LABEL], _headline_rows(ev, events))
+    table = _table(["metric", family_label(ev.get("model_family"), MODEL_LABEL)],
+                   _headline_rows(ev, events))  # fmt: skip
     return _section("headline", table + note)
 
 
@@ -254,22 +302,24 @@ def _threshold_rows(ev: Mapping[str, Any]) -> list[list[str]]:
 
 
 def _threshold_section(ev: Mapping[str, Any], events: str) -> str:
-    header = [
-        "band",
-        "threshold",
-        "sensitivity",
-        "specificity",
-        "PPV",
-        "NPV",
-        "share ruled out / expedited",
-        f"{events} in band",
-        "TP/FP/TN/FN",
-    ]
+    header = ["band", "threshold", "sensitivity", "specificity", "PPV", "NPV"]
+    header += ["share ruled out / expedited", f"{events} in band", "TP/FP/TN/FN"]
+    thresholds = ev.get("thresholds") or {}
+    green: Mapping[str, Any] = thresholds.get("green") or {}
+    method = green.get("ci_method", "wilson")
     note = _note(
         f"Green: p < rule-out threshold ({events} in band = false negatives). Red: p >= rule-in "
-        "threshold. Thresholds were chosen on the calibration period. Wilson 95% CIs."
+        f"threshold. Thresholds were chosen on the calibration period. 95% CIs: {method}"
+        f" (sensitivity: {green.get('sensitivity_ci_method', 'wilson')})."
     )
-    return _section("thresholds", _table(header, _threshold_rows(ev)) + note)
+    chosen = thresholds.get("chosen") or {}
+    choices = _table(
+        ["band", "how the threshold was chosen (calibration period)"],
+        [[band, threshold_choice_text(chosen.get(key))]
+         for band, key in (("green (rule-out)", "rule_out"), ("red (rule-in)", "rule_in"))],
+    )  # fmt: skip
+    risk = f"<p><b>{escape(green_risk_text(thresholds.get('green')))}</b></p>"
+    return _section("thresholds", risk + _table(header, _threshold_rows(ev)) + note + choices)
 
 
 def _subgroup_section(ev: Mapping[str, Any], card: Mapping[str, Any]) -> str:
@@ -280,8 +330,9 @@ def _subgroup_section(ev: Mapping[str, Any], card: Mapping[str, Any]) -> str:
         return _section("subgroups", _note("No subgroup columns were available."))
     target = (card.get("triage_policy") or {}).get("rule_out_sensitivity")
     plot = forest_plot(rows, target if is_finite_number(target) else None)
+    header = ["subgroup", "level", "n", events, "AUC [95% CI]", "O/E [95% CI]"]
     table = _table(
-        ["subgroup", "level", "n", events, "AUC [95% CI]", "O/E", "rule-out sensitivity"],
+        [*header, "rule-out sensitivity", "flags"],
         [
             [
                 r.get("column"),
@@ -291,8 +342,10 @@ def _subgroup_section(ev: Mapping[str, Any], card: Mapping[str, Any]) -> str:
                 interval_text(
                     {"estimate": r.get("auc"), "low": r.get("auc_low"), "high": r.get("auc_high")}
                 ),
-                number_text(r.get("observed_expected")),
+                interval_text(r.get("observed_expected_ci", r.get("observed_expected"))),
                 interval_text(r.get("rule_out_sensitivity"), percent=True),
+                ", ".join(r.get("flags") or [])
+                or ("none" if r.get("checked", True) else "too few to check"),
             ]
             for r in rows
         ],
@@ -302,7 +355,11 @@ def _subgroup_section(ev: Mapping[str, Any], card: Mapping[str, Any]) -> str:
     without = "non-cancer" if name == "cancer" else f"row without {name}"
     method = _note(
         f"AUC needs at least {block.get('min_events_for_auc', 5)} {events} and one {without}; "
-        "AUC CIs are Hanley-McNeil (row-level), sensitivity CIs Wilson."
+        "AUC and O/E CIs are patient-level bootstrap percentiles (not Hanley-McNeil), "
+        f"sensitivity CIs Wilson. Levels with at least {block.get('min_events_for_flags', '–')} "
+        f"{events} are flagged when the sensitivity's upper bound is below "
+        f"{block.get('sensitivity_target', '–')} or the O/E CI lies outside "
+        f"{inline_text(block.get('oe_range', '–'))}."
     )
     return _section("subgroups", plot + table + method + notes)
 
@@ -316,8 +373,13 @@ def _comparison_section(ev: Mapping[str, Any], base: Mapping[str, Any], events: 
         rows += [
             [f"{mine[0]}: {n}", a, b] for n, a, b in zip(names, mine[1:7], theirs[1:7], strict=True)
         ]
-    note = _note("Both models are evaluated on the same rows at the same triage thresholds.")
-    return _section("comparison", _table(["metric", MODEL_LABEL, BASELINE_LABEL], rows) + note)
+    note = _note(
+        "Both models are evaluated on the same rows, each at its own thresholds chosen on the "
+        "calibration period. The comparator is the family not served."
+    )
+    labels = [family_label(ev.get("model_family"), MODEL_LABEL),
+              family_label(base.get("model_family"), BASELINE_LABEL) + " (comparator)"]  # fmt: skip
+    return _section("comparison", _table(["metric", *labels], rows) + note)
 
 
 def _period_section(ev: Mapping[str, Any], events: str) -> str:
@@ -393,6 +455,8 @@ th{background:#eef}tr:nth-child(even) td{background:#f8f8fc}
 dl{display:grid;grid-template-columns:14em 1fr;gap:.2em 1em}dt{font-weight:600}dd{margin:0}
 .note{color:#555;font-size:.88em}nav{font-size:.85em;margin:.6em 0}img{max-width:100%}
 ul.facts{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.4em 1.6em}
+.findings{border:2px solid #c60;background:#fff8ef;padding:.4em 1em;margin:1em 0}
+.findings h2{margin-top:.3em;border:0}.flag{color:#a30}
 """
 
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 import html
 import json
 import re
+from importlib import resources
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from models.spec import load_spec
+from models.spec import load_spec, parse_spec
 from tests.training.evaluation.test_evaluate import synthetic_predictions
 from training.evaluation.card import build_model_card
 from training.evaluation.evaluate import evaluate_predictions
+from training.evaluation.formatting import flag_text
 from training.evaluation.metrics import choose_rule_in_threshold, choose_rule_out_threshold
 from training.evaluation.report import SECTIONS, render_report
 
@@ -123,10 +126,118 @@ def test_model_card_lists_tripod_items_and_exclusions(name: str) -> None:
     assert any("not external validation" in x for x in card["limitations"]), "temporal split"
 
 
-def test_myeloma_card_mentions_the_deployment_prevalence() -> None:
-    card = _card("myeloma", version="3", run_id="abc")
-    assert card["calibration"]["deployment_prevalence"] == pytest.approx(0.0006), "in the card"
-    assert any("0.0006" in x for x in card["limitations"]), "and in the limitations"
+SAMPLING = {
+    "population_counts": "/data/myeloma/myeloma_strata.csv",
+    "match_on": ["age_band", "sex"],
+    "population": 300_000,
+    "population_cases": 180,
+    "population_prevalence": 0.0006,
+    "strata": 28,
+    "sampled_cases": 180,
+    "controls": 900,
+    "overall_sampling_fraction": 0.003,
+    "borrowed": ["age 105-109, male: no controls sampled; uses age 100-104, male"],
+}
+FAMILY = {
+    "rule": "auto",
+    "chosen": "spline",
+    "comparator": "lightgbm",
+    "auto_margin": 0.005,
+    "calibration_auc_difference": {"estimate": 0.002, "low": -0.004, "high": 0.008},
+    "n_boot": 1000,
+    "reason": "LightGBM minus spline AUC on the calibration period is +0.0020 [-0.0040, "
+    "+0.0080]: not better by the margin 0.005 with a lower bound above 0",
+}
+CHOICES = {
+    "rule_out": {"threshold": 0.0012, "target": 0.95, "method": "wilson", "events": 120,
+                 "min_events": 50, "estimate": 0.97, "lower_bound": 0.951,
+                 "events_in_band": 4, "reason": None},
+    "rule_in": {"threshold": None, "target": 0.005, "method": "weighted ppv", "events": 120,
+                "min_events": 50, "estimate": float("nan"), "lower_bound": float("nan"),
+                "events_in_band": None, "reason": "the PPV target 0.005 is never reached"},
+}  # fmt: skip
+
+
+def _reader_text(card: dict[str, Any]) -> str:
+    """The card's sentences a reader sees (limitations, TRIPOD+AI, scale, family, thresholds)."""
+    parts = [*card["limitations"], *(row["where"] for row in card["tripod_ai"])]
+    family = card["model_family"]["text"]
+    return " ".join([*parts, card["population_scale"], family, *card["thresholds"]])
+
+
+def test_myeloma_card_states_the_per_stratum_population_scale() -> None:
+    card = _card("myeloma", version="3", run_id="abc", case_control=SAMPLING,
+                 model_family=FAMILY, thresholds=CHOICES)  # fmt: skip
+    json.dumps(card)
+    scale = card["population_scale"]
+    for fact in ("Per-stratum offsets", "log r_s", "5-year age band x sex", "myeloma_strata.csv",
+                 "300,000", "180 cases", "0.0006", "28 strata",
+                 "age 105-109, male: no controls sampled"):  # fmt: skip
+        assert fact in scale, f"the population scale states {fact!r}"
+    assert any(scale in x for x in card["limitations"]), "and the limitations repeat it"
+    assert card["calibration"]["deployment_prevalence"] is None
+    assert card["calibration"]["case_control"]["population_counts"] == "myeloma_strata.csv"
+    assert card["model_family"]["chosen"] == "spline"
+    assert "Served: spline logistic (comparator LightGBM)" in card["model_family"]["text"]
+    assert "not better by the margin 0.005" in card["model_family"]["text"], "the reason"
+    green, red = card["thresholds"]
+    assert green.startswith("Green (rule-out): 0.0012 by wilson") and "120 calibration" in green
+    assert red.startswith("Red (rule-in): not set (the PPV target 0.005 is never reached)")
+    text = _reader_text(card)
+    assert "None" not in text and "nan" not in text, "no raw None or NaN is printed"
+    assert "not Hanley-McNeil" in text and "patient-level bootstrap" in text
     assert (card["version"], card["run_id"]) == ("3", "abc"), "version and run id carried over"
+
+
+def test_card_without_the_run_s_choices_says_not_recorded() -> None:
+    card = _card("myeloma")
+    assert "counts were not recorded" in card["population_scale"]
+    assert card["model_family"]["text"] == "Model family: not recorded."
+    assert "None" not in _reader_text(card)
     lower_gi = _card("lower_gi")
     assert lower_gi["calibration"]["deployment_prevalence"] is None, "cohort model: no shift"
+    assert lower_gi["population_scale"].startswith("Cohort scale")
+
+
+def test_legacy_global_shift_card_mentions_the_deployment_prevalence() -> None:
+    data = yaml.safe_load((resources.files("models") / "specs" / "myeloma.yaml").read_text())
+    data["calibration"] = {"method": "sigmoid", "deployment_prevalence": 0.0006}
+    card = build_model_card(parse_spec(data), data_summary={"rows": {"evaluate": 2000}})
+    assert card["calibration"]["deployment_prevalence"] == pytest.approx(0.0006), "in the card"
+    assert any("0.0006" in x for x in card["limitations"]), "and in the limitations"
+    assert card["population_scale"].startswith("Global shift")
+
+
+def test_report_shows_green_band_risk_family_and_flagged_subgroups() -> None:
+    frame = synthetic_predictions(2000)
+    y, p = frame["cancer"], frame["probability"]
+    common: dict[str, Any] = {
+        "rule_out": choose_rule_out_threshold(y, p, 0.95), "rule_in": 0.5,
+        "subgroups": ("sex", "age_band"), "n_boot": 20, "referral_threshold": 0.05,
+        "sensitivity_target": 0.99, "subgroup_min_events": 5,
+        "threshold_choices": CHOICES,
+    }  # fmt: skip
+    served = {**evaluate_predictions(frame, **common), "model_family": "spline"}
+    served["vs_baseline"] = {"estimate": -0.001, "low": -0.01, "high": 0.008}
+    comparator = {**served, "model_family": "lightgbm"}
+    card = _card("lower_gi", model_family=FAMILY, thresholds=CHOICES)
+    page = render_report(
+        title="t", model_card=card, evaluation=served, baseline_evaluation=comparator
+    )
+    risk = re.search(r"Risk in the green band [\d.]+% \[[\d.]+%, [\d.]+%\], (below|NOT)", page)
+    assert risk, "the green band's risk with its CI"
+    assert "the 5% referral threshold" in page, "beside the referral threshold"
+    flagged = served["subgroups"]["flagged"]
+    assert flagged, "the fixture has flagged levels"
+    assert f"Subgroups flagged ({len(flagged)})" in page, "the flagged list is headed"
+    entry = html.escape(flag_text(flagged[0], "cancers"))
+    assert entry in page, "each flagged level with its figures"
+    assert page.index("Key findings") < page.index(f">{SECTIONS['card']}</h2>"), "near the top"
+    assert "rule-out sensitivity below target" in page, "which check failed"
+    assert "Served model: spline logistic" in page and "+0.0020 [-0.0040, +0.0080]" in page
+    headers = re.findall(r"<th>(.*?)</th>", page)
+    assert "spline logistic" in headers and "LightGBM (comparator)" in headers
+    assert "Baseline" not in headers, "the comparator is named by its family"
+    assert "the PPV target 0.005 is never reached" in page, "why a threshold was not set"
+    assert "None" not in re.sub(r"<img[^>]*>", "", page), "no raw None in the page"
+    assert plt.get_fignums() == [], "every plot closes its figure"
