@@ -218,7 +218,7 @@ def test_discovery_lists_each_model(client: TestClient) -> None:
     assert set(models) == {"any_cancer", "lower_gi"}
     hb = next(i for i in models["lower_gi"]["inputs"] if i["code"] == "haemoglobin")
     assert hb["loinc"] == "718-7" and "g/dL" in hb["accepted_units"]
-    assert models["lower_gi"]["thresholds"]["rule_out"] is not None
+    assert set(models["lower_gi"]["thresholds"]) >= {"rule_out", "rule_in"}, "None: not set"
 
 
 def test_audit_rows_equal_successful_responses(asgi_app: Any, serving_env: Path) -> None:

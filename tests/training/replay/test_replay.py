@@ -41,10 +41,14 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tracking(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Tracking:
     """Version 1 and version 2 (challenger) of any_cancer, trained with different seeds."""
-    from models.spec import load_spec
+    from models.spec import ModelSpec, load_spec
 
     tracking = Tracking(tmp_path_factory.mktemp("var"))
-    spec = load_spec("any_cancer")
+    # A 95% rule-out target: at 24,000 referrals the calibration period's ~170 cancers cannot
+    # show 99% sensitivity with 95% confidence (no green band), and these tests need one.
+    data = load_spec("any_cancer").model_dump(mode="json")
+    data["triage"]["rule_out_sensitivity"] = 0.95
+    spec = ModelSpec.model_validate(data)
     for seed in (None, 99):
         # One thread: OpenMP on a shared, busy machine can be many times slower than one core.
         options = TrainOptions(cohort, n_boot=N_BOOT, seed=seed, num_threads=1)
@@ -211,9 +215,12 @@ def test_drift_finds_the_albumin_assay_change_at_lab_c(replayed: ReplayResult) -
         assert not albumin.loc[("lab_c", year), "flagged"], f"lab_c {year}: before the change"
     for lab in ("lab_a", "lab_b"):
         assert not albumin.loc[lab, "flagged"].any(), f"{lab}: albumin never changed"
+    # No value distribution drifts at lab_a or lab_b. (Missingness may: the reference is the
+    # calibration period, which holds only patients not seen in training, a different testing
+    # mix from the whole cohort's.)
     other_labs = table[table["lab"].isin(["lab_a", "lab_b"])]
-    assert not other_labs["flagged"].any(), "nothing is flagged at lab_a or lab_b: " + str(
-        other_labs[other_labs["flagged"]]
+    assert not (other_labs["psi_flag"] != "").any(), "no PSI flag at lab_a or lab_b: " + str(
+        other_labs[other_labs["psi_flag"] != ""]
     )
     manifest = replayed.manifest["models"][0]["drift"]
     assert any(
