@@ -245,7 +245,8 @@ def registry(workdir: Path) -> dict[str, Any]:
             )
             predictor_dir = model_dir / "artifacts" / "predictor"
             meta = json.loads((predictor_dir / "predictor.json").read_text())
-            booster = (predictor_dir / "booster.txt").read_text()
+            model_file = "spline.json" if meta.get("family") == "spline" else "booster.txt"
+            booster = (predictor_dir / model_file).read_text()
             provenance = artifact("provenance.json", as_json)
             card = artifact("model_card.json", as_json)
             out[f"{model.name}/{mv.version}"] = {
@@ -263,6 +264,7 @@ def registry(workdir: Path) -> dict[str, Any]:
                 },
                 "model_card": digest({k: v for k, v in card.items() if k != "data"}),
                 "predictor": {
+                    "family": meta.get("family", "lightgbm"),
                     "calibration": meta["calibration"],
                     "thresholds": meta["thresholds"],
                     "feature_names": meta["feature_names"],
