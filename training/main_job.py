@@ -126,11 +126,18 @@ def validation_table(folders: Mapping[str, Path]) -> Table:
 def train_and_promote(
     name: str, folders: Mapping[str, Path], tracking: Tracking, workdir: Path, n_boot: int
 ) -> tuple[Trained, bool, list[Gate]]:
-    """Train one model on its cohort, register it, and promote it when its gates pass."""
+    """Train one model on its cohort, register it, and promote it: through its gates, or, so
+    that the demonstration serves every model, by an override whose reason names the failed
+    gates (recorded on the version as `promotion_override_reason`, and shown in the summary)."""
     spec = load_spec(name)
     options = TrainOptions(cohort=folders[MODELS[name]], n_boot=n_boot)
     trained = train_and_register(spec, options, tracking, workdir / "reports")
-    promoted, gates = promote(tracking, spec, str(trained.logged.version))
+    version = str(trained.logged.version)
+    promoted, gates = promote(tracking, spec, version)
+    if not promoted:
+        failed = "; ".join(f"{g.name}: {g.detail}" for g in gates if not g.passed)
+        reason = f"make run: a demonstration on simulated data, promoted although {failed}"
+        promoted, gates = promote(tracking, spec, version, override_reason=reason)
     return trained, promoted, gates
 
 
@@ -155,7 +162,9 @@ def summary_table(outcomes: Mapping[str, tuple[Trained, bool, list[Gate]]]) -> T
             f"{ev['calibration']['slope']:.3f}",
             f"{ev['calibration']['observed_expected']:.3f}",
             str(len((ev.get("subgroups") or {}).get("flagged") or [])),
-            "yes" if promoted else f"no ({failed})",
+            ("yes" if not failed else f"by override ({failed} failed)")
+            if promoted
+            else f"no ({failed})",
         )
     return table
 
