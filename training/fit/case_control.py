@@ -36,11 +36,18 @@ import numpy as np
 import pandas as pd
 
 from models.calibration import Stratum, StratumOffsets
-from models.spec import ModelSpec
+from models.spec import SEXES, ModelSpec
 from models.spec_policy import CaseControl
 from training.cohorts.reader import CohortError
 
-SEXES = ("female", "male")
+
+def feature_strata(x: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The age and sex (coded 0/1) inputs of a frame of model inputs, NaN where the model has
+    none: what a row's stratum offset is looked up from (`LogitCalibration.row_shift`)."""
+    nan = np.full(len(x), np.nan)
+    age = x["age"].to_numpy(np.float64) if "age" in x else nan
+    sex = x["sex"].to_numpy(np.float64) if "sex" in x else nan
+    return age, sex
 
 
 def counts_path(spec_counts: str, cohort: Path) -> Path:

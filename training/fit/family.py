@@ -13,7 +13,7 @@ only when its AUC on the calibration period beats the spline model's, paired on 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import lightgbm as lgb
@@ -27,7 +27,7 @@ from models.spec import ModelSpec
 from models.spline import SplineModel
 from training.evaluation.metrics import paired_auc_difference
 from training.fit.baseline import SplineLogisticBaseline, fit_spline_model
-from training.fit.case_control import population_platt
+from training.fit.case_control import feature_strata, population_platt
 
 Family = Literal["lightgbm", "spline"]
 FAMILIES: tuple[Family, ...] = ("lightgbm", "spline")
@@ -96,14 +96,13 @@ def calibrate(
     platt = fitted.calibrated_classifiers_[0].calibrators[0]
     slope, intercept = -float(platt.a_), -float(platt.b_)
     if strata is not None:  # refitted on the population scale (training.fit.case_control)
+        sampled = LogitCalibration(slope, intercept, shift=strata.overall, strata=strata)
         margin = np.asarray(classifier.decision_function(x_cal), dtype=np.float64)
-        nan = np.full(len(x_cal), np.nan)
-        age = x_cal["age"].to_numpy(np.float64) if "age" in x_cal else nan
-        sex = x_cal["sex"].to_numpy(np.float64) if "sex" in x_cal else nan
-        offset = strata.log_ratio(age, sex)
-        weights = np.where(y_cal == 1, 1.0, np.exp(-offset))
+        age, sex = feature_strata(x_cal)
+        weights = sampled.population_weights(y_cal, age, sex)
+        offset = sampled.row_shift(age, sex)
         slope, intercept = population_platt(margin, y_cal, offset, weights, (slope, intercept))
-        return LogitCalibration(slope, intercept, shift=strata.overall, strata=strata)
+        return replace(sampled, slope=slope, intercept=intercept)
     shift = 0.0
     prevalence = spec.calibration.deployment_prevalence
     if prevalence is not None:

@@ -37,9 +37,9 @@ from training.cohorts.reader import (
     open_cohort,
 )
 from training.evaluation.metrics import paired_auc_difference
-from training.evaluation.model import evaluate_model, explanation_sample
+from training.evaluation.model import bootstrap_groups, evaluate_model, explanation_sample
 from training.evaluation.thresholds import choose_rule_in, choose_rule_out
-from training.fit.case_control import stratum_offsets
+from training.fit.case_control import feature_strata, stratum_offsets
 from training.fit.family import Fitted, choose_family, fit_families
 from training.provenance import code_version
 
@@ -312,16 +312,7 @@ def sample_weights(
     """Population weights of a stratified case-control sample's rows (None otherwise)."""
     if calibration.strata is None:
         return None
-    nan = np.full(len(x), np.nan)
-    age = x["age"].to_numpy(np.float64) if "age" in x else nan
-    sex = x["sex"].to_numpy(np.float64) if "sex" in x else nan
-    return calibration.population_weights(y, age, sex)
-
-
-def bootstrap_groups(frame: pd.DataFrame) -> np.ndarray:
-    """What a bootstrap draws whole: matched sets in a case-control sample, else patients."""
-    column = "matched_set" if "matched_set" in frame else "patient_id"
-    return frame[column].to_numpy()
+    return calibration.population_weights(y, *feature_strata(x))
 
 
 # --- the orchestrator ----------------------------------------------------------------------------
@@ -341,7 +332,7 @@ def train_model(spec: ModelSpec, options: TrainOptions) -> TrainResult:
     periods = split_periods(cohort.frame, spec, seed)
     y = {k: v[spec.outcome.column].to_numpy(np.int64) for k, v in periods.items()}
     x = {k: spec_feature_frame(spec, v) for k, v in periods.items()}
-    groups = {k: bootstrap_groups(v) for k, v in periods.items()}
+    groups = {k: v[bootstrap_groups(v)].to_numpy() for k, v in periods.items()}
 
     fits = fit_families(x, y, spec, seed, options.num_threads, strata)
     w_cal = sample_weights(fits["lightgbm"].calibration, x["calibrate"], y["calibrate"])
