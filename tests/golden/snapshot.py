@@ -38,7 +38,7 @@ from tests.small_specs import small_cohort_spec
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "pipeline.json"
 N_REFERRALS = 16_000
-N_POPULATION = 300_000
+N_POPULATION = 600_000
 N_BOOT = 20
 ROOT = ["/nonexistent"]  # the scratch folder of this run, hidden in printed output
 # What differs between two runs of the same pipeline: never compared.

@@ -12,7 +12,7 @@ from training.cohorts.simulator import run_simulation
 from training.fit.train import TrainOptions, TrainResult, train_model
 
 N_REFERRALS = 24_000
-N_POPULATION = 300_000
+N_POPULATION = 600_000
 N_BOOT = 20
 
 

@@ -60,6 +60,7 @@ def foreign_layout(native: pd.DataFrame) -> pd.DataFrame:
     dropped = [
         *("haemoglobin", "haemoglobin_unit", "creatinine", "sex", "index_date", "true_risk"),
         *("sample_date", "diagnosis_date", *native.filter(like="artefact_").columns),
+        *("true_risk_reachable", "low_threshold", *native.filter(like="condition_").columns),
     ]
     frame = native.drop(columns=dropped).rename(columns=RENAMES)
     return frame.assign(

@@ -27,9 +27,11 @@ from training.cohorts.simulator.world import (
     ARTEFACT_FLAGS,
     HAEMOLYSIS_RATE,
     PATHWAY_TABLE,
+    PRACTICE_BASELINE_END,
     SIMULATED,
     Artefacts,
     MyelomaParams,
+    Practice,
     ReferralParams,
     SimulatedCohort,
     Term,
@@ -40,8 +42,8 @@ N_POPULATION = 200_000
 N_FILES = 60_000  # the myeloma cohort written to disk
 SEED = 20261121
 # eGFR's "reference" (>= 90) is a CKD staging cut-off, not a 95% interval (it falls with age);
-# tumour markers are requested because they may be raised, so neither is a healthy sample.
-NOT_REFERENCE_SAMPLES = ("egfr", "psa", "ca125", "cea")
+# tumour markers and ferritin are requested for a reason, so none is a healthy sample.
+NOT_REFERENCE_SAMPLES = ("egfr", "psa", "ca125", "cea", "ferritin")
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,12 @@ def referrals() -> SimulatedCohort:
 @pytest.fixture(scope="module")
 def clean() -> SimulatedCohort:
     params = ReferralParams(n=N_REFERRALS, artefacts=Artefacts.none())
+    return simulate_referrals(params, np.random.default_rng(SEED))
+
+
+@pytest.fixture(scope="module")
+def steady() -> SimulatedCohort:
+    params = ReferralParams(n=N_REFERRALS, artefacts=Artefacts.none(), practice=Practice.none())
     return simulate_referrals(params, np.random.default_rng(SEED))
 
 
@@ -82,7 +90,7 @@ def test_fit_intercepts_solves_hand_computed_targets() -> None:
 
 
 def test_term_is_a_soft_hinge_at_the_catalogue_limit() -> None:
-    term = Term("platelets", "high", scale=0.2, weight=1.5, log=True)
+    term = Term("platelets", "high", scale=0.2, weight=1.5, log=True, cap=None)
     x = np.array([400.0, np.nan, 400.0 * np.exp(2.0)])
     values = term_values(term, x, np.array([True, True, False]), np.array([60.0, 60.0, 60.0]))
     np.testing.assert_allclose(values[0], 1.5 * np.log(2.0), err_msg="at the limit: w log 2")
@@ -91,9 +99,20 @@ def test_term_is_a_soft_hinge_at_the_catalogue_limit() -> None:
     untested = Term("crp", "high", 0.8, 0.5, log=True, missing=0.0)
     assert term_values(untested, np.array([np.nan]), np.array([True]), np.array([50.0]))[0] == 0
     # Hb 'low' hinge moved 25 g/L into the normal range: for a woman (limit 115) it sits at 140.
-    drift = Term("haemoglobin", "low", scale=10.0, weight=1.0, at=25.0)
+    drift = Term("haemoglobin", "low", scale=10.0, weight=1.0, at=25.0, cap=None)
     at_hinge = term_values(drift, np.array([140.0]), np.array([False]), np.array([60.0]))
     np.testing.assert_allclose(at_hinge, np.log(2.0), err_msg="hinge at limit + at")
+
+
+def test_a_capped_term_levels_off() -> None:
+    # cap 3: softplus(d) - softplus(d - 3); at the limit log 2 - log(1 + e^-3), far beyond 3.
+    term = Term("platelets", "high", scale=0.2, weight=1.5, log=True, cap=3.0)
+    x = np.array([400.0, 400.0 * np.exp(0.6), 400.0 * np.exp(20.0)])
+    values = term_values(term, x, np.array([True] * 3), np.array([60.0] * 3))
+    np.testing.assert_allclose(values[0], 1.5 * (np.log(2.0) - np.log1p(np.exp(-3.0))))
+    np.testing.assert_allclose(values[1], 1.5 * (np.log1p(np.exp(3.0)) - np.log(2.0)))
+    np.testing.assert_allclose(values[2], 1.5 * 3.0, rtol=1e-9, err_msg="levels off at w x cap")
+    assert np.all(np.diff(values) > 0), "still rising below the plateau"
 
 
 def test_ckd_epi_2021_matches_hand_computed_values() -> None:
@@ -257,8 +276,12 @@ def test_reported_values_hang_together(clean: SimulatedCohort) -> None:
         np.testing.assert_allclose(x, np.round(x, decimals), atol=1e-9, err_msg=f"{code} rounding")
 
 
+def without_conditions(wide: pd.DataFrame) -> pd.Series:
+    return ~wide[[c for c in wide.columns if c.startswith("condition_")]].any(axis=1)
+
+
 def test_healthy_values_sit_inside_reference_intervals(clean: SimulatedCohort) -> None:
-    healthy = clean.wide[clean.wide["cancer"] == 0]
+    healthy = clean.wide[(clean.wide["cancer"] == 0) & without_conditions(clean.wide)]
     keys = healthy[["sex", "age"]].astype({"sex": str}).drop_duplicates()
     for code in (c for c in SIMULATED if c not in NOT_REFERENCE_SAMPLES):
         analyte = CATALOGUE[code]
@@ -313,7 +336,8 @@ def test_missingness_looks_like_primary_care(clean: SimulatedCohort) -> None:
 
 
 def test_conversion_per_pathway_within_binomial_tolerance(clean: SimulatedCohort) -> None:
-    v = clean.wide
+    # The intercepts are root-found on the referrals before practice changed (NG12, 2015).
+    v = clean.wide[clean.wide["index_date"] < np.datetime64(PRACTICE_BASELINE_END)]
     for pathway, profile in PATHWAY_TABLE.items():
         rows = v[v["pathway"] == pathway]
         p, n = profile.conversion, len(rows)
@@ -353,12 +377,29 @@ def test_oracle_auc_is_pinpoint_like(clean: SimulatedCohort) -> None:
     assert 0.74 < auc < 0.86, f"any-cancer oracle AUC {auc:.3f}"
 
 
-def test_risk_model_is_stationary(clean: SimulatedCohort) -> None:
-    v = clean.wide
+def test_risk_model_is_stationary_without_practice_changes(steady: SimulatedCohort) -> None:
+    v = steady.wide
     early = v["index_date"] < "2016-01-01"
     late = v["index_date"] >= "2017-01-01"
     ratio = v.loc[late, "true_risk"].mean() / v.loc[early, "true_risk"].mean()
     assert abs(ratio - 1) < 0.05, f"mean true risk 2017-19 vs 2011-15 is {ratio:.3f}"
+
+
+def test_practice_changes_move_conversion(clean: SimulatedCohort) -> None:
+    # NG12 (2015): more, younger, healthier referrals, so conversion falls; FIT triage in lower
+    # GI (2017-18): FIT-positive referrals, so lower-GI conversion rises. Expected risk, not
+    # drawn outcomes, so the comparison is not noise.
+    v = clean.wide
+    year = v["index_date"].dt.year
+    before, after = v[year <= 2014], v[year >= 2017]
+    assert after["true_risk"].mean() < 0.93 * before["true_risk"].mean(), "NG12 lowers conversion"
+    assert after["age"].mean() < before["age"].mean() - 1, "and brings younger referrals"
+    lgi = v["pathway"] == "lower_gi"
+    fit, pre = v[lgi & (year >= 2018)], v[lgi & (year <= 2014)]
+    assert fit["true_risk"].mean() > 1.15 * pre["true_risk"].mean(), "FIT raises LGI conversion"
+    assert fit["condition_occult_bleeding"].mean() > 1.5 * pre["condition_occult_bleeding"].mean()
+    by_year = v["index_date"].dt.year.value_counts()
+    assert by_year[2016] > 1.15 * by_year[2014], "NG12 steps referral volume up"
 
 
 # --- artefacts ----------------------------------------------------------------------------------
@@ -371,6 +412,7 @@ def test_each_artefact_raises_exactly_its_issue(referrals: SimulatedCohort) -> N
         "artefact_wrong_unit": ("out_of_limits", "haemoglobin"),
         "artefact_haemolysed": ("possible_haemolysis", "potassium"),
         "artefact_albumin_assay": None,  # drift: found by monitoring, not by validation
+        "artefact_alt_assay": None,  # the same
     }
     expected = {
         (int(i), *issue)
@@ -396,6 +438,7 @@ def test_artefacts_never_change_the_truth(
         "globulin": a["artefact_albumin_assay"],
         "calcium_adjusted": a["artefact_albumin_assay"] & a["calcium"].notna(),
         "potassium": a["artefact_haemolysed"],
+        "alt": a["artefact_alt_assay"],
         "neutrophils": a["duffy_null"] & a["neutrophils"].notna(),
         "wbc": a["duffy_null"] & a["wbc"].notna(),
     }

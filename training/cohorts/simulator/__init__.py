@@ -43,6 +43,11 @@ from models.analytes import CATALOGUE
 from models.calibration import logit
 from models.spec import PATHWAYS
 from training.cohorts.simulator.bloods import draw_bloods, draw_latent, draw_testing, mask_untested
+from training.cohorts.simulator.conditions import (
+    condition_columns,
+    draw_conditions,
+    with_conditions,
+)
 from training.cohorts.simulator.extracts import (
     assemble_wide,
     draw_history,
@@ -57,6 +62,7 @@ from training.cohorts.simulator.outcomes import (
     draw_outcomes,
     match_controls,
     oracle_auc,
+    oracle_reachable,
     population_strata,
     sampled_index_events,
 )
@@ -67,11 +73,13 @@ from training.cohorts.simulator.world import (
     MYELOMA_HORIZON_DAYS,
     MYELOMA_PRIMARY_CARE,
     PATHWAY_TABLE,
+    PRACTICE_BASELINE_END,
     PRIMARY_CARE,
     PRIMARY_CARE_TESTING,
     REFERRAL_HORIZON_DAYS,
     REFERRAL_SITES,
     REFERRAL_TESTING,
+    WORLD_VERSION,
     Artefacts,
     MyelomaParams,
     ReferralParams,
@@ -115,19 +123,28 @@ def _switches(on: bool) -> Artefacts:
 
 
 def simulate_referrals(params: ReferralParams, rng: np.random.Generator) -> SimulatedCohort:
-    """Referral cohort: people -> bloods -> testing -> outcome -> artefacts -> long extract."""
-    people_rng, blood_rng, testing_rng, outcome_rng, artefact_rng, history_rng = rng.spawn(6)
+    """Referral cohort: people -> conditions -> bloods -> testing -> outcome -> artefacts ->
+    long extract."""
+    people_rng, blood_rng, testing_rng, outcome_rng, artefact_rng, history_rng, condition_rng = (
+        rng.spawn(7)
+    )
     people = draw_referrals(params, people_rng)
-    latent = draw_latent(len(people), blood_rng)
-    truth = draw_bloods(people, latent, blood_rng, duffy_effect=params.artefacts.duffy_null)
-    seen = mask_untested(truth, draw_testing(people, latent, testing_rng, REFERRAL_TESTING))
+    severity = draw_conditions(people, condition_rng, params.practice)
+    base = draw_latent(len(people), blood_rng)
+    latent = with_conditions(base, severity)
+    duffy = params.artefacts.duffy_null
+    truth = draw_bloods(people, latent, blood_rng, severity, duffy_effect=duffy)
+    tested = draw_testing(people, latent, testing_rng, REFERRAL_TESTING, severity)
+    seen = mask_untested(truth, tested)
     targets = {p: PATHWAY_TABLE[p].conversion for p in PATHWAYS}
+    baseline = (people["index_date"] < np.datetime64(PRACTICE_BASELINE_END)).to_numpy()
     index, intercepts = draw_outcomes(
-        people, seen, REFERRAL_SITES, targets, outcome_rng, REFERRAL_HORIZON_DAYS
+        people, seen, REFERRAL_SITES, targets, outcome_rng, REFERRAL_HORIZON_DAYS, baseline
     )
     draws = index_draws(people, seen, params.window_days, testing_rng)
     reported, flags = inject_artefacts(draws, params.artefacts, artefact_rng)
-    history = draw_history(people, latent, params, REFERRAL_TESTING, history_rng)
+    index = with_truth_columns(index, flags, REFERRAL_SITES, severity)
+    history = draw_history(people, base, severity, params, REFERRAL_TESTING, history_rng)
     history = inject_artefacts(history, params.artefacts, artefact_rng)[0]
     results = long_results([reported, history])
     wide = assemble_wide(index, reported, flags)
@@ -136,32 +153,39 @@ def simulate_referrals(params: ReferralParams, rng: np.random.Generator) -> Simu
 
 
 def simulate_myeloma(params: MyelomaParams, rng: np.random.Generator) -> SimulatedCohort:
-    """Myeloma: population -> bloods -> outcome -> index draws and artefacts for everyone ->
-    matched case-control sample (their rows of those draws) -> older and later draws."""
-    people_rng, blood_rng, testing_rng, outcome_rng, artefact_rng, history_rng = rng.spawn(6)
-    population = draw_population(params, people_rng)
-    latent = draw_latent(
-        len(population),
-        blood_rng,
-        comorbid_share=params.comorbid_share,
-        comorbid_scale=params.comorbid_scale,
+    """Myeloma: population -> conditions -> bloods -> outcome -> index draws and artefacts for
+    everyone -> matched case-control sample (their rows of those draws) -> older and later
+    draws."""
+    people_rng, blood_rng, testing_rng, outcome_rng, artefact_rng, history_rng, condition_rng = (
+        rng.spawn(7)
     )
+    population = draw_population(params, people_rng)
+    severity = draw_conditions(population, condition_rng)
+    base = draw_latent(len(population), blood_rng)
+    latent = with_conditions(base, severity)
     # Nested so that the unmasked values are freed at once (memory at 4M people).
     seen = mask_untested(
-        draw_bloods(population, latent, blood_rng, duffy_effect=params.artefacts.duffy_null),
-        draw_testing(population, latent, testing_rng, PRIMARY_CARE_TESTING),
+        draw_bloods(
+            population, latent, blood_rng, severity, duffy_effect=params.artefacts.duffy_null
+        ),
+        draw_testing(population, latent, testing_rng, PRIMARY_CARE_TESTING, severity),
     )
+    del latent
     targets = {PRIMARY_CARE: params.incidence}
     events, intercepts = draw_outcomes(
         population, seen, (MYELOMA_PRIMARY_CARE,), targets, outcome_rng, MYELOMA_HORIZON_DAYS
     )
     draws = index_draws(population, seen, params.window_days, testing_rng)
     everyone, all_flags = inject_artefacts(draws, params.artefacts, artefact_rng)
+    events = with_truth_columns(events, all_flags, (MYELOMA_PRIMARY_CARE,), severity)
     rows, matched_set = match_controls(events, params, outcome_rng)
     sample = population.iloc[rows].reset_index(drop=True)
     index = sampled_index_events(events, rows, matched_set, params)
     reported, flags = take_draws(everyone, all_flags, rows)
-    history = draw_history(sample, latent[rows], params, PRIMARY_CARE_TESTING, history_rng)
+    sample_severity = {name: s[rows] for name, s in severity.items()}
+    history = draw_history(
+        sample, base[rows], sample_severity, params, PRIMARY_CARE_TESTING, history_rng
+    )
     history = inject_artefacts(history, params.artefacts, artefact_rng)[0]
     results = long_results([reported, history])
     wide = assemble_wide(index, reported, flags)
@@ -170,6 +194,22 @@ def simulate_myeloma(params: MyelomaParams, rng: np.random.Generator) -> Simulat
     age_from = band_start(events["age"], params)
     whole = population_wide(events, everyone, all_flags, age_from)
     return SimulatedCohort("myeloma", wide, results, index, summary, whole, strata)
+
+
+def with_truth_columns(
+    events: pd.DataFrame,
+    flags: Mapping[str, Any],
+    sites: Any,
+    severity: Mapping[str, Any],
+) -> pd.DataFrame:
+    """`true_risk_reachable` after `true_risk`, then one `condition_<name>` column each: what
+    the person had (never model input; for evaluators and the data card's checks)."""
+    out = events.copy()
+    position = list(out.columns).index("true_risk") + 1
+    out.insert(position, "true_risk_reachable", oracle_reachable(out, flags, sites))
+    conditions = condition_columns(severity)
+    conditions.index = out.index
+    return pd.concat([out, conditions], axis=1)
 
 
 def referral_summary(
@@ -271,6 +311,7 @@ def build_manifest(
     return {
         "cohort": simulated.name,
         "seed": seed,
+        "world_version": WORLD_VERSION,
         "parameters": json.loads(json.dumps(asdict(params), default=str)),
         "counts": simulated.summary,
         "files": dict(files),

@@ -17,6 +17,7 @@ from models.features import (
     CALCIUM_ALBUMIN_COEFFICIENT,
     CALCIUM_ALBUMIN_REFERENCE_G_PER_L,
 )
+from training.cohorts.simulator.conditions import effect, per_category, testing_log_odds
 from training.cohorts.simulator.world import (
     BONE,
     DIFFERENTIAL,
@@ -24,7 +25,6 @@ from training.cohorts.simulator.world import (
     ESR_SD,
     ESR_UPPER_QUANTILE_Z,
     FBC,
-    HYPERCALCAEMIA_TAIL,
     LIVER,
     LIVER_BOOST,
     MARKER_BOUNDS,
@@ -50,48 +50,53 @@ from training.cohorts.simulator.world import (
 # --- bloods -----------------------------------------------------------------------------------
 
 
-def draw_latent(
-    n: int, rng: np.random.Generator, *, comorbid_share: float = 0.0, comorbid_scale: float = 1.0
-) -> FloatArray:
-    """Latent factors (n x 5, see LATENT). A `comorbid_share` of people get `comorbid_scale`
-    times the spread on the four normal factors (a less healthy population)."""
+def draw_latent(n: int, rng: np.random.Generator) -> FloatArray:
+    """Latent factors (n x 5, see LATENT): four standard normal, and a paraprotein."""
     normal = rng.standard_normal((n, 4))
-    comorbid = rng.random(n) < comorbid_share
     carrier = rng.random(n) < PARAPROTEIN_SHARE
     paraprotein = np.where(carrier, rng.exponential(1.0, n), 0.0)
-    return np.column_stack([normal * np.where(comorbid, comorbid_scale, 1.0)[:, None], paraprotein])
+    return np.column_stack([normal, paraprotein])
 
 
 def draw_bloods(
     people: pd.DataFrame,
     latent: FloatArray,
     rng: np.random.Generator,
+    severity: Mapping[str, FloatArray],
     *,
     duffy_effect: bool = True,
 ) -> dict[str, FloatArray]:
     """Complete canonical values (rounded to the catalogue's decimals) for every simulated
-    analyte; tumour markers depend on pathway and are NaN in the sex that lacks the organ."""
+    analyte, moved by each row's conditions (`severity`; `latent` already carries their shift,
+    `conditions.with_conditions`); tumour markers depend on pathway and are NaN in the sex that
+    lacks the organ."""
     age = people["age"].to_numpy(np.float64)
     male = (people["sex"] == "male").to_numpy()
     duffy = people["duffy_null"].to_numpy() & duffy_effect
-    values = draw_physiology(age, male, duffy, latent, rng)
+    values = draw_physiology(age, male, duffy, latent, rng, severity)
     values.update(draw_markers(people["pathway"].astype(str).to_numpy(), age, male, latent, rng))
     return {code: values[code] for code in SIMULATED}
 
 
 def draw_physiology(
-    age: FloatArray, male: BoolArray, duffy_null: BoolArray, latent: FloatArray, rng: Any
+    age: FloatArray,
+    male: BoolArray,
+    duffy_null: BoolArray,
+    latent: FloatArray,
+    rng: Any,
+    severity: Mapping[str, FloatArray],
 ) -> dict[str, FloatArray]:
-    """Primary analytes from PRIMARIES, then the derived ones from the rounded primaries."""
-    raw = {code: _primary(p, age, male, latent, rng) for code, p in PRIMARIES.items()}
+    """Primary analytes from PRIMARIES plus their conditions' shifts, then the derived ones from
+    the rounded primaries."""
+    raw = {
+        code: _primary(p, age, male, latent, rng, effect(code, severity, p.log))
+        for code, p in PRIMARIES.items()
+    }
     raw["globulin"] = np.clip(raw["globulin"] + PARAPROTEIN_G_PER_L * latent[:, 4],
                               *PRIMARIES["globulin"].bounds)  # fmt: skip
     mcv_excess = np.log(raw["mcv"] / PRIMARIES["mcv"].centre[0])
     raw["mchc"] = np.clip(raw["mchc"] * np.exp(MCHC_PER_LOG_MCV * mcv_excess),
                           *PRIMARIES["mchc"].bounds)  # fmt: skip
-    tail = rng.random(len(age)) < HYPERCALCAEMIA_TAIL[0]
-    excess = rng.exponential(HYPERCALCAEMIA_TAIL[1], len(age))
-    raw["calcium_adjusted"] = np.minimum(raw["calcium_adjusted"] + tail * excess, 3.3)
     raw["neutrophils"] = np.where(duffy_null, raw["neutrophils"] * DUFFY_NEUTROPHIL_FACTOR,
                                   raw["neutrophils"])  # fmt: skip
     values = {code: round_as_reported(code, x) for code, x in raw.items() if code != "haemoglobin"}
@@ -117,10 +122,17 @@ def draw_physiology(
     return values
 
 
-def _primary(p: Primary, age: FloatArray, male: BoolArray, latent: FloatArray, rng: Any) -> Any:
+def _primary(
+    p: Primary,
+    age: FloatArray,
+    male: BoolArray,
+    latent: FloatArray,
+    rng: Any,
+    condition_shift: FloatArray | float = 0.0,
+) -> Any:
     centre = np.where(male, p.centre[0], p.centre[1])
     sd = np.where(male, p.sd[0], p.sd[1])
-    shift = p.age * (age - 60.0) / 10.0 + latent[:, :4] @ np.asarray(p.loadings)
+    shift = p.age * (age - 60.0) / 10.0 + latent[:, :4] @ np.asarray(p.loadings) + condition_shift
     noise = rng.standard_normal(len(age)) * sd
     value = np.exp(np.log(centre) + shift + noise) if p.log else centre + shift + noise
     return np.clip(value, *p.bounds)
@@ -229,38 +241,48 @@ def reference_limit(
 
 
 def draw_testing(
-    people: pd.DataFrame, latent: FloatArray, rng: np.random.Generator, profile: TestingProfile
+    people: pd.DataFrame,
+    latent: FloatArray,
+    rng: np.random.Generator,
+    profile: TestingProfile,
+    severity: Mapping[str, FloatArray],
 ) -> dict[str, BoolArray]:
-    """Which analytes were measured (whole panels), per row."""
+    """Which analytes were measured (whole panels), per row. Symptoms make clinicians test:
+    each condition adds its log-odds to the panels it prompts (`Condition.testing`), and an
+    inflamed patient gets CRP and ESR/PV more often."""
     n = len(people)
-    u = rng.random((n, 7))
+    u = rng.random((n, 8))
     male = (people["sex"] == "male").to_numpy()
     pv_lab = (people["lab"] == PV_LAB).to_numpy()
     inflamed = profile.suspicion * latent[:, 0]
-    liver = u[:, 2] < profile.liver + _per_category(people["pathway"], LIVER_BOOST, 0.0)
-    inflammatory = u[:, 6] < expit(logit(profile.esr_or_pv) + inflamed)
+
+    def requested(column: int, p: FloatArray | float, panel: str, extra: Any = 0.0) -> BoolArray:
+        log_odds = logit(np.clip(p, 1e-6, 1 - 1e-6)) + extra + testing_log_odds(panel, severity)
+        return np.asarray(u[:, column] < expit(log_odds))
+
+    liver_p = profile.liver + per_category(people["pathway"], LIVER_BOOST, 0.0)
+    liver = requested(2, liver_p, "liver")
+    inflammatory = requested(6, profile.esr_or_pv, "esr", inflamed)
     panels = {
         FBC + DIFFERENTIAL: u[:, 0] < profile.fbc,
-        RENAL: u[:, 1] < profile.renal,
+        RENAL: requested(1, profile.renal, "renal"),
         LIVER: liver,
-        BONE: liver & (u[:, 3] < profile.bone_given_liver),
-        ("ggt",): liver & (u[:, 4] < profile.ggt_given_liver),
-        ("crp",): u[:, 5] < expit(logit(profile.crp) + inflamed),
+        BONE: liver & requested(3, profile.bone_given_liver, "bone"),
+        ("ggt",): liver & requested(4, profile.ggt_given_liver, "ggt"),
+        ("crp",): requested(5, profile.crp, "crp", inflamed),
         ("esr",): inflammatory & ~pv_lab,
         ("plasma_viscosity",): inflammatory & pv_lab,
+        ("ferritin",): requested(7, profile.ferritin, "ferritin"),
     }
     tested = {code: mask for codes, mask in panels.items() for code in codes}
     for code, table in MARKER_TESTING.items():
         by_sex = [{k: v[i] for k, v in table.items()} for i in (0, 1)]
-        p_male, p_female = (_per_category(people["pathway"], t, t["default"]) for t in by_sex)
-        tested[code] = rng.random(n) < np.where(male, p_male, p_female) * profile.markers
+        p_male, p_female = (per_category(people["pathway"], t, t["default"]) for t in by_sex)
+        p = np.where(male, p_male, p_female) * profile.markers
+        tested[code] = rng.random(n) < expit(
+            logit(np.clip(p, 1e-9, 1 - 1e-6)) + testing_log_odds(code, severity) * (p > 0)
+        )
     return tested
-
-
-def _per_category(column: pd.Series, mapping: Mapping[str, float], default: float) -> FloatArray:
-    """A per-row number looked up by a categorical column's category (no per-row Python)."""
-    lookup = np.array([mapping.get(str(c), default) for c in column.cat.categories] + [default])
-    return np.asarray(lookup[column.cat.codes.to_numpy()], dtype=np.float64)
 
 
 def mask_untested(

@@ -20,11 +20,15 @@ from training.cohorts.simulator.bloods import (
     mask_untested,
     round_as_reported,
 )
+from training.cohorts.simulator.conditions import chronic_only, with_conditions
 from training.cohorts.simulator.people import categorical_from_codes
 from training.cohorts.simulator.world import (
     ALBUMIN_ASSAY_CHANGE,
     ALBUMIN_ASSAY_LAB,
     ALBUMIN_ASSAY_SHIFT_G_PER_L,
+    ALT_ASSAY_CHANGE,
+    ALT_ASSAY_FACTOR,
+    ALT_ASSAY_LAB,
     ARTEFACT_FLAGS,
     EGFR_LOINC,
     GDL_LAB,
@@ -80,13 +84,15 @@ def _sample_times(index_date: DateArray, offset_days: IntArray, rng: Any) -> Dat
 def draw_history(
     people: pd.DataFrame,
     latent: FloatArray,
+    severity: Mapping[str, FloatArray],
     params: ReferralParams | MyelomaParams,
     profile: TestingProfile,
     rng: np.random.Generator,
 ) -> Draws:
     """Older draws ((window, OLDER_DRAWS_DAYS] days before) and post-index draws ([0,
-    POST_DRAWS_DAYS] days after), with latent states correlated to the index sample and fresh
-    noise: a model must only ever see the index sample."""
+    POST_DRAWS_DAYS] days after), with latent states correlated to the index sample's (`latent`
+    before its conditions' shifts), the patient's chronic conditions (not an acute infection)
+    and fresh noise: a model must only ever see the index sample."""
     n, window_days = len(people), params.window_days
     older = np.minimum(rng.poisson(0.8, n), 3)
     later = np.minimum(rng.poisson(0.4, n), 2)
@@ -101,8 +107,10 @@ def draw_history(
     rho = HISTORY_LATENT_CORRELATION
     z = rho * latent[owner] + np.sqrt(1 - rho**2) * rng.standard_normal((len(owner), len(LATENT)))
     z[:, 4] = latent[owner, 4]  # a paraprotein does not come and go
-    bloods = draw_bloods(who, z, rng, duffy_effect=params.artefacts.duffy_null)
-    values = mask_untested(bloods, draw_testing(who, z, rng, profile))
+    conditions = chronic_only(severity, owner)
+    z = with_conditions(z, conditions)
+    bloods = draw_bloods(who, z, rng, conditions, duffy_effect=params.artefacts.duffy_null)
+    values = mask_untested(bloods, draw_testing(who, z, rng, profile, conditions))
     return Draws(
         patient_id=who["patient_id"].to_numpy(np.int64),
         lab=who["lab"].cat.codes.to_numpy().astype(np.int64),
@@ -151,6 +159,16 @@ def inject_artefacts(
     )
     values["calcium_adjusted"] = np.where(assay, relabelled, values["calcium_adjusted"])
 
+    alt_change = np.datetime64(ALT_ASSAY_CHANGE, "ns")
+    alt = values["alt"]
+    alt_assay = (
+        switches.alt_assay
+        & ~np.isnan(alt)
+        & (lab == ALT_ASSAY_LAB)
+        & (draws.sample_time >= alt_change)
+    )
+    values["alt"] = np.where(alt_assay, round_as_reported("alt", alt * ALT_ASSAY_FACTOR), alt)
+
     potassium = values["potassium"]
     haemolysed = switches.haemolysis & ~np.isnan(potassium) & (u[:, 1] < HAEMOLYSIS_RATE)
     raised = np.clip(potassium + 1.2 + 1.8 * u[:, 2], HAEMOLYSIS_POTASSIUM_FLOOR, 9.5)
@@ -161,6 +179,7 @@ def inject_artefacts(
         "artefact_wrong_unit": wrong,
         "artefact_albumin_assay": assay,
         "artefact_haemolysed": haemolysed,
+        "artefact_alt_assay": alt_assay,
     }
     reported = Draws(draws.patient_id, draws.lab, draws.sample_time, values, gdl)
     return reported, flags

@@ -17,6 +17,7 @@ from models.calibration import expit
 from training.cohorts.simulator.bloods import reference_limit
 from training.cohorts.simulator.people import categorical_from_codes
 from training.cohorts.simulator.world import (
+    ARTEFACT_CODES,
     BoolArray,
     FloatArray,
     IntArray,
@@ -36,7 +37,10 @@ def term_values(term: Term, x: FloatArray, male: BoolArray, age: FloatArray) -> 
         distance = -distance
     distance = distance + term.at
     with np.errstate(invalid="ignore"):  # NaN (not tested) rows are replaced below
-        hinge = term.weight * np.logaddexp(0.0, distance / term.scale)
+        hinge = np.logaddexp(0.0, distance / term.scale)
+        if term.cap is not None:  # a smooth plateau: softplus(d) - softplus(d - cap)
+            hinge = hinge - np.logaddexp(0.0, distance / term.scale - term.cap)
+        hinge = term.weight * hinge
     return np.where(np.isnan(x), term.missing_value(), hinge)
 
 
@@ -85,15 +89,18 @@ def draw_outcomes(
     targets: Mapping[str, float],
     rng: np.random.Generator,
     horizon_days: int,
+    baseline: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """`people` plus cancer (0/1), cancer_site, diagnosis_date and true_risk: a multinomial logit
     over {no cancer, sites}, so true_risk = 1 - 1 / (1 + sum_k exp g_k) exactly. Also returns
-    the root-found intercept of each group (pathway)."""
+    the root-found intercept of each group (pathway), fitted so that the `baseline` rows (all
+    when None; the referrals before practice changed) meet the target conversion."""
     logits = site_logits(seen, people, sites)
     groups = list(targets)
     group = pd.Categorical(people["pathway"].astype(str), categories=groups).codes.astype(np.int64)
     odds = np.exp(logits).sum(axis=1)
-    intercept = fit_intercepts(odds, group, np.array([targets[g] for g in groups]))
+    fit = np.ones(len(people), dtype=bool) if baseline is None else baseline
+    intercept = fit_intercepts(odds[fit], group[fit], np.array([targets[g] for g in groups]))
     true_risk = expit(intercept[group] + np.log(np.maximum(odds, 1e-300)))
     u = rng.random((len(people), 3))
     cancer = u[:, 0] < true_risk
@@ -111,6 +118,20 @@ def draw_outcomes(
     frame["diagnosis_date"] = frame["diagnosis_date"].astype("datetime64[ns]")
     frame["true_risk"] = true_risk
     return frame, dict(zip(groups, intercept.tolist(), strict=True))
+
+
+def oracle_reachable(
+    people: pd.DataFrame, flags: Mapping[str, BoolArray], sites: Sequence[Site]
+) -> BoolArray:
+    """True where the model sees every value the row's true risk was computed from; False where
+    an artefact changed one of them (ARTEFACT_CODES) for a site the row could have, so that no
+    model of the reported values can reach `true_risk` there."""
+    pathway = people["pathway"].astype(str).to_numpy()
+    reachable = np.ones(len(people), dtype=bool)
+    for flag, codes in ARTEFACT_CODES.items():
+        using = [s.pathway for s in sites if any(t.code in codes for t in s.terms)]
+        reachable &= ~(flags[flag] & np.isin(pathway, using))
+    return reachable
 
 
 # --- myeloma case-control sampling --------------------------------------------------------------

@@ -13,12 +13,17 @@ import numpy.typing as npt
 import pandas as pd
 
 from models.spec import PATHWAYS
+from training.cohorts.simulator.conditions import low_threshold_share, ramp
 from training.cohorts.simulator.world import (
     DUFFY_NULL_SHARE_BLACK,
     ETHNICITY_SHARES,
     LAB_SHARES,
     LABS,
+    LOW_THRESHOLD_YOUNGER,
     MIN_REPEAT_GAP_DAYS,
+    NG12_DATE,
+    NG12_RAMP_DAYS,
+    NG12_VOLUME,
     PATHWAY_TABLE,
     POPULATION_AGE,
     POPULATION_FEMALE,
@@ -53,7 +58,12 @@ def draw_referrals(params: ReferralParams, rng: np.random.Generator) -> pd.DataF
     for is_female, weights in ((True, shares * female_share), (False, shares * (1 - female_share))):
         rows = later & (female == is_female)
         pathway[rows] = rng.choice(len(PATHWAYS), size=int(rows.sum()), p=weights / weights.sum())
+    # A low-threshold referral (more of them after NG12) is younger and healthier [J].
+    low = rng.random(params.n) < low_threshold_share(
+        days.astype("datetime64[D]"), pathway == PATHWAYS.index("lower_gi"), params.practice
+    )
     mean = np.array([p.age_mean for p in profiles])[pathway[first]]
+    mean = mean - LOW_THRESHOLD_YOUNGER * low[first]
     sd = np.array([p.age_sd for p in profiles])[pathway[first]]
     first_age = _truncated_normal(mean, sd, 18.0, 99.0, rng)
     birth = days[first].astype(np.float64) - first_age * 365.25  # days since epoch
@@ -67,6 +77,7 @@ def draw_referrals(params: ReferralParams, rng: np.random.Generator) -> pd.DataF
         female=female,
         patient_traits=_patient_traits(len(counts), rng),
         patient=patient,
+        low_threshold=low,
     )
     return frame
 
@@ -98,6 +109,7 @@ def _people_frame(
     female: BoolArray,
     patient_traits: dict[str, Any],
     patient: IntArray,
+    low_threshold: BoolArray | None = None,
 ) -> pd.DataFrame:
     frame = pd.DataFrame(
         {
@@ -114,6 +126,8 @@ def _people_frame(
             "duffy_null": patient_traits["duffy_null"][patient],
         }
     )
+    if low_threshold is not None:
+        frame["low_threshold"] = low_threshold
     frame = frame.sort_values(["index_date", "patient_id"], kind="stable", ignore_index=True)
     frame.insert(1, "referral_id", np.arange(1, len(frame) + 1, dtype=np.int64))
     return frame
@@ -141,12 +155,15 @@ def _referrals_per_patient(n: int, rng: np.random.Generator) -> IntArray:
 
 
 def _draw_days(
-    n: int, start: date, end: date, growth: float, rng: np.random.Generator
+    n: int, start: date, end: date, growth: float, rng: np.random.Generator, step: float = 1.0
 ) -> npt.NDArray[np.datetime64]:
-    """Dates with volume rising linearly by year: weight 1 + growth x (year - start year)."""
+    """Dates with volume rising linearly by year (weight 1 + growth x (year - start year)),
+    times `step` once NG12 has taken hold (ramped over NG12_RAMP_DAYS)."""
     days = np.arange(np.datetime64(start, "D"), np.datetime64(end, "D") + 1)
     year = days.astype("datetime64[Y]").astype(np.int64)
-    weight = 1.0 + growth * (year - year[0])
+    weight = (1.0 + growth * (year - year[0])) * (
+        1.0 + (step - 1.0) * ramp(days, NG12_DATE, NG12_RAMP_DAYS)
+    )
     return days[rng.choice(len(days), size=n, p=weight / weight.sum())]
 
 
@@ -155,7 +172,8 @@ def _repeat_dates(
 ) -> npt.NDArray[np.datetime64]:
     """Referral dates, ascending within patient, with repeats at least MIN_REPEAT_GAP_DAYS apart
     (redrawn until they are: a handful of vectorised passes)."""
-    days = _draw_days(len(patient), params.start, params.end, params.volume_growth, rng)
+    step = NG12_VOLUME if params.practice.ng12 else 1.0
+    days = _draw_days(len(patient), params.start, params.end, params.volume_growth, rng, step)
     for _ in range(1000):
         order = np.lexsort((days, patient))
         days = days[order]
@@ -166,7 +184,7 @@ def _repeat_dates(
             return days
         redraw = np.isin(patient, bad_patient)
         days[redraw] = _draw_days(
-            int(redraw.sum()), params.start, params.end, params.volume_growth, rng
+            int(redraw.sum()), params.start, params.end, params.volume_growth, rng, step
         )
     raise RuntimeError("could not space repeat referrals; is the date range too short?")
 

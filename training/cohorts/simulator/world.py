@@ -20,6 +20,11 @@ BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
 DateArray = npt.NDArray[np.datetime64]
 
+# Bumped whenever the simulated world changes, so that a cohort cached under an older world
+# (`make run` reuses its cohorts by size and seed) is simulated again. 2: issue 15's world
+# (conditions, symptom-driven testing, changes in practice, the ALT analyser change).
+WORLD_VERSION = 2
+
 # --- cohort tables ----------------------------------------------------------------------------
 
 
@@ -63,6 +68,11 @@ LOCAL_CODE_LAB = "lab_c"  # sends its own test codes (the catalogue codes), not 
 ALBUMIN_ASSAY_LAB = "lab_c"  # BCG -> BCP albumin, about 6 g/L lower [ALB-M]
 ALBUMIN_ASSAY_CHANGE = date(2017, 1, 1)
 ALBUMIN_ASSAY_SHIFT_G_PER_L = 6.0
+# lab_b's analyser change: ALT by the IFCC method with pyridoxal phosphate reads higher than
+# without it (judgement of the size [J]); ALT carries no risk, so the oracle is unchanged.
+ALT_ASSAY_LAB = "lab_b"
+ALT_ASSAY_CHANGE = date(2018, 1, 1)
+ALT_ASSAY_FACTOR = 1.25
 WRONG_UNIT_RATE = 0.0005  # Hb in g/dL labelled g/L [EXE]
 HAEMOLYSIS_RATE = 0.03  # 3.1% of potassium requests [HAEM]
 HAEMOLYSIS_POTASSIUM_FLOOR = 6.1  # above the validation's 6.0 mmol/L rule, by construction
@@ -130,7 +140,7 @@ PRIMARIES: dict[str, Primary] = {
                           bounds=(25.0, 1200.0)),
     "albumin": Primary((42.5, 42.0), (3.1, 3.1), (-0.2, 0.0, 0.0, -0.8), age=-0.5,
                        bounds=(18.0, 55.0), log=False),
-    "globulin": Primary((28.0, 28.0), (3.3, 3.3), (0.6, 0.0, 0.0, 0.0), age=0.3,
+    "globulin": Primary((28.0, 28.0), (3.3, 3.3), (0.3, 0.0, 0.0, 0.0), age=0.3,
                         bounds=(12.0, 70.0), log=False),
     "calcium_adjusted": Primary((2.38, 2.38), (0.082, 0.082), bounds=(1.8, 3.3), log=False),
     "phosphate": Primary((1.08, 1.15), (0.16, 0.16), bounds=(0.3, 2.5), log=False),
@@ -139,13 +149,14 @@ PRIMARIES: dict[str, Primary] = {
     "alt": Primary((21.0, 16.0), (0.37, 0.37), age=-0.05, bounds=(3.0, 1000.0)),
     "ggt": Primary((23.0, 15.0), (0.36, 0.36), bounds=(3.0, 2000.0)),
     "bilirubin": Primary((9.0, 7.5), (0.45, 0.45), bounds=(2.0, 400.0)),
-    "crp": Primary((1.1, 1.2), (0.58, 0.58), (0.6, 0.0, 0.0, 0.1), bounds=(0.0, 400.0)),
+    "crp": Primary((1.1, 1.2), (0.58, 0.58), (0.6, 0.0, 0.0, 0.1), bounds=(0.0, 480.0)),
+    "ferritin": Primary((120.0, 75.0), (0.7, 0.7), (0.2, -0.3, 0.0, 0.0), age=0.06,
+                        bounds=(2.0, 3000.0)),
 }  # fmt: skip
 MCHC_PER_LOG_MCV = -0.5  # log MCHC per log MCV above its centre (see above)
-HYPERCALCAEMIA_TAIL = (0.015, 0.12)  # share, mean excess (mmol/L): a tail beyond the normal
-ESR_SD = (0.35, 0.03, 0.45)  # log ESR: inflammation loading, per g/L globulin, idiosyncratic
+ESR_SD = (0.35, 0.015, 0.45)  # log ESR: inflammation loading, per g/L globulin, idiosyncratic
 ESR_UPPER_QUANTILE_Z = 1.75  # the catalogue's age/sex upper limit sits at this z of healthy ESR
-PV_MODEL = (1.61, 0.012, 0.02, 0.03)  # mPa.s: mean, per g/L globulin, per inflammation SD, noise
+PV_MODEL = (1.61, 0.001, 0.05, 0.04)  # mPa.s: mean, per g/L globulin, per inflammation SD, noise
 WBC_REMAINDER = (2.0, 0.02)  # gamma shape, scale (10^9/L): unclassified cells, never negative
 
 # Tumour markers: (median, log SD) when normal, and the 'reason for referral' raised component
@@ -179,7 +190,8 @@ MARKERS = ("psa", "ca125", "cea")
 SIMULATED: tuple[str, ...] = tuple(
     code
     for code in CATALOGUE.codes
-    if code in {*FBC, *DIFFERENTIAL, *RENAL, *LIVER, *BONE, *MARKERS, "ggt", "crp", "esr"}
+    if code
+    in {*FBC, *DIFFERENTIAL, *RENAL, *LIVER, *BONE, *MARKERS, "ggt", "crp", "esr", "ferritin"}
     or code == "plasma_viscosity"
 )
 
@@ -196,6 +208,7 @@ class TestingProfile:
     ggt_given_liver: float
     crp: float
     esr_or_pv: float
+    ferritin: float  # without a reason; iron deficiency and anaemia add theirs (conditions)
     suspicion: float = 0.6  # log-odds per SD of inflammation, for CRP and ESR/PV requests
     markers: bool = True
 
@@ -203,14 +216,14 @@ class TestingProfile:
 # FBC 95%, U&E 89%, LFT 76% of tested cancer patients [NCDA1]; CRP tested about half as often as
 # an FBC [OXF]; PinPoint needs a core FBC and U&E [PP1].
 REFERRAL_TESTING = TestingProfile(
-    fbc=0.98, renal=0.98, liver=0.82, bone_given_liver=0.6, ggt_given_liver=0.6, crp=0.55,
-    esr_or_pv=0.4,
+    fbc=0.98, renal=0.98, liver=0.82, bone_given_liver=0.6, ggt_given_liver=0.6, crp=0.5,
+    esr_or_pv=0.35, ferritin=0.12,
 )  # fmt: skip
 LIVER_BOOST: dict[str, float] = {"lower_gi": 0.06, "upper_gi": 0.08, "haematological": 0.08}
 # The myeloma cohort is adults with routine bloods including an FBC [MY4].
 PRIMARY_CARE_TESTING = TestingProfile(
-    fbc=1.0, renal=0.92, liver=0.78, bone_given_liver=0.55, ggt_given_liver=0.6, crp=0.45,
-    esr_or_pv=0.35, markers=False,
+    fbc=1.0, renal=0.92, liver=0.78, bone_given_liver=0.55, ggt_given_liver=0.6, crp=0.42,
+    esr_or_pv=0.32, ferritin=0.1, markers=False,
 )  # fmt: skip
 # P(marker requested) by pathway, (male, female); `default` applies to every other pathway.
 # PSA in 88% of men with LUTS, CA125 in 53% of women with distension [NCDA2].
@@ -240,6 +253,7 @@ class Term:
     log: bool = False
     missing: float | None = None  # log-odds when not tested; None: as for a typical normal value
     at: float = 0.0  # hinge offset from the reference limit, towards normal (same units)
+    cap: float | None = 3.0  # the hinge levels off `cap` scales beyond it (None: it never does)
 
     def missing_value(self) -> float:
         return self.weight * NOT_TESTED_HINGE if self.missing is None else self.missing
@@ -282,7 +296,7 @@ def _plt(weight: float) -> Term:
 # and platelets up while still 'normal' [HB2][HB3][PLT]. Hinges at Hb ~ 155 (men) / 140
 # (women) g/L, MCV 88 fL and platelets ~ 255 x 10^9/L.
 def _hb_drift(weight: float) -> Term:
-    return _lo("haemoglobin", 10.0, weight, at=25.0)
+    return _lo("haemoglobin", 12.0, weight, at=15.0, cap=3.5)
 
 
 def _mcv_drift(weight: float) -> Term:
@@ -308,15 +322,13 @@ def _ca(weight: float) -> Term:
 # Large odds ratios, as in [MY3]: cytopenia 48% of cases vs 9% of controls, hypercalcaemia 9% vs
 # 0.35%, raised MCV 13% vs 2%, raised inflammatory markers 42% vs 6%, raised creatinine 24% vs 8%.
 MYELOMA_TERMS: tuple[Term, ...] = (  # [MY2][MY3][MY4][MY5][MY6]
-    _lo("haemoglobin", 10.0, 1.8),
-    _hi("mcv", 4.0, 0.9),
-    _ca(1.4),
-    _hi("globulin", 5.0, 1.1),
-    _alb(0.4),
-    _hi("creatinine", 0.25, 0.8, log=True),
-    _hi("esr", 0.5, 1.0, log=True, missing=0.0),
-    _hi("plasma_viscosity", 0.08, 1.2, missing=0.0),
-    _lo("platelets", 0.25, 1.0, log=True),
+    _lo("haemoglobin", 10.0, 2.4),
+    _hi("mcv", 4.0, 0.5),
+    _lo("mcv", 3.0, -0.5, at=6.0),  # a microcytic (iron-deficient) anaemia points away from myeloma
+    _ca(0.8),
+    _hi("globulin", 5.0, 0.3),
+    _hi("creatinine", 0.25, 0.2, log=True),
+    _lo("platelets", 0.25, 0.3, log=True),
 )
 REFERRAL_SITES: tuple[Site, ...] = (
     Site("breast", "breast", 1.0, age=0.3, male=-1.0, terms=(
@@ -335,10 +347,10 @@ REFERRAL_SITES: tuple[Site, ...] = (
     Site("head_and_neck", "head_and_neck", 1.0, age=0.35, male=0.5, terms=(
         _hb(0.5), _crp(0.5), _hi("ggt", 0.4, 0.5, log=True), _plt(0.4))),
     Site("colorectal_right", "lower_gi", 0.4, age=0.5, terms=(  # [HB][HB4][PLT]
-        _hb_drift(0.9), _mcv_drift(0.7), _hi("rdw", 1.0, 0.4), _plt_drift(0.8), _crp(0.5),
+        _hb_drift(0.33), _mcv_drift(0.3), _hi("rdw", 1.0, 0.15), _plt_drift(0.3), _crp(0.3),
         _hi("cea", 0.4, 0.9, log=True))),
     Site("colorectal_left", "lower_gi", 0.6, age=0.45, male=0.3, terms=(
-        _hb_drift(0.6), _mcv_drift(0.3), _plt_drift(0.6), _crp(0.4),
+        _hb_drift(0.25), _mcv_drift(0.15), _plt_drift(0.25), _crp(0.25),
         _hi("cea", 0.4, 0.9, log=True))),
     Site("lung", "lung", 1.0, age=0.35, male=0.2, terms=(  # [PLT][IM][CA3][ALB]
         _plt_drift(1.0), _crp(1.0), _alb(0.2), _ca(0.8), _hi("alp", 0.3, 0.5, log=True),
@@ -346,7 +358,7 @@ REFERRAL_SITES: tuple[Site, ...] = (
     Site("melanoma", "skin", 0.3, age=0.25),
     Site("squamous_cell", "skin", 0.7, age=0.6, male=0.5, terms=(_crp(0.2),)),
     Site("oesophagogastric", "upper_gi", 0.6, age=0.4, male=0.5, terms=(
-        _hb_drift(0.7), _mcv_drift(0.5), _plt_drift(0.5), _alb(0.2), _crp(0.4))),
+        _hb_drift(0.35), _mcv_drift(0.2), _plt_drift(0.25), _alb(0.2), _crp(0.3))),
     Site("pancreatic", "upper_gi", 0.25, age=0.5, terms=(
         _hi("bilirubin", 0.35, 1.2, log=True), _hi("alp", 0.3, 0.8, log=True),
         _hi("ggt", 0.4, 0.7, log=True), _alb(0.2), _hi("cea", 0.4, 0.6, log=True))),
@@ -361,8 +373,8 @@ REFERRAL_SITES: tuple[Site, ...] = (
 )  # fmt: skip
 # Leeds/Koshiaris myeloma signature [MY1][MY4]: 58% of cases are male [MY7]; peak at 85-89.
 MYELOMA_PRIMARY_CARE = Site(
-    "myeloma", PRIMARY_CARE, 1.0, age=0.6, male=0.25,
-    terms=(*MYELOMA_TERMS, _crp(0.3)),
+    "myeloma", PRIMARY_CARE, 1.0, age=0.45, male=0.25,
+    terms=MYELOMA_TERMS,
 )  # fmt: skip
 
 # --- parameters -------------------------------------------------------------------------------
@@ -377,11 +389,34 @@ class Artefacts:
     albumin_assay: bool = True  # ALBUMIN_ASSAY_LAB from ALBUMIN_ASSAY_CHANGE: albumin 6 g/L lower
     haemolysis: bool = True  # HAEMOLYSIS_RATE of samples: potassium above 6.0 mmol/L
     duffy_null: bool = True  # Duffy-null phenotype lowers neutrophils (the fairness trap)
+    alt_assay: bool = True  # ALT_ASSAY_LAB from ALT_ASSAY_CHANGE: ALT reads ALT_ASSAY_FACTOR higher
 
     @classmethod
     def none(cls) -> Artefacts:
         """Every artefact switched off: clean data that raises no validation issue."""
-        return cls(False, False, False, False, False)
+        return cls(False, False, False, False, False, False)
+
+
+@dataclass(frozen=True)
+class Practice:
+    """Changes in referral practice (both on by default; documented in the data card §2a)."""
+
+    ng12: bool = True  # from NG12_DATE: lower referral threshold, more and lower-risk referrals
+    fit_triage: bool = True  # lower GI from FIT_DATE: FIT-positive referrals, a changed case mix
+
+    @classmethod
+    def none(cls) -> Practice:
+        return cls(False, False)
+
+
+NG12_DATE = date(2015, 6, 23)  # NICE NG12 published 23 June 2015 [NG12]
+NG12_RAMP_DAYS = 365  # practice follows a guideline over about a year [TWW1]
+LOW_THRESHOLD_SHARE = (0.10, 0.45)  # share of low-threshold referrals before / after NG12 [J]
+LOW_THRESHOLD_YOUNGER = 8.0  # years: low-threshold referrals are younger on average [J]
+NG12_VOLUME = 1.25  # referral volume after NG12 relative to the trend before it [TWW1]
+FIT_DATE = date(2017, 4, 1)  # FIT in symptomatic lower-GI triage spreads from 2017-18 [LGI2]
+FIT_LOW_THRESHOLD_SHARE = 0.05  # FIT-negative, low-risk people are no longer referred [LGI2]
+PRACTICE_BASELINE_END = NG12_DATE  # outcome intercepts are fitted on referrals before it
 
 
 @dataclass(frozen=True)
@@ -394,6 +429,7 @@ class ReferralParams:
     volume_growth: float = 0.12  # relative volume = 1 + growth x years since start [TWW1]
     window_days: int = 90  # the index sample is the latest within this window before the index
     artefacts: Artefacts = field(default_factory=Artefacts)
+    practice: Practice = field(default_factory=Practice)
 
 
 @dataclass(frozen=True)
@@ -409,9 +445,6 @@ class MyelomaParams:
     end: date = date(2019, 12, 31)
     volume_growth: float = 0.03
     window_days: int = 90
-    # Less healthy than a referral cohort: cytopenia in 9% of controls [MY3] (judgement).
-    comorbid_share: float = 0.15
-    comorbid_scale: float = 2.0
     artefacts: Artefacts = field(default_factory=Artefacts)
 
 
@@ -443,9 +476,18 @@ class Draws:
 
 
 DEFAULT_N = {"referrals": ReferralParams().n, "myeloma": MyelomaParams().n}
+# The values each artefact changes so that a model sees something other than what the truth
+# was computed from (Hb in g/dL is converted back exactly, so it is not here).
+ARTEFACT_CODES: dict[str, tuple[str, ...]] = {
+    "artefact_wrong_unit": ("haemoglobin",),
+    "artefact_albumin_assay": ("albumin", "globulin", "calcium_adjusted"),
+    "artefact_haemolysed": ("potassium",),
+    "artefact_alt_assay": ("alt",),
+}
 ARTEFACT_FLAGS = (
     "artefact_hb_gdl",
     "artefact_wrong_unit",
     "artefact_albumin_assay",
     "artefact_haemolysed",
+    "artefact_alt_assay",
 )
