@@ -67,6 +67,7 @@ from training.cohorts.simulator.outcomes import (
     sampled_index_events,
 )
 from training.cohorts.simulator.people import draw_population, draw_referrals
+from training.cohorts.simulator.targets import measure_myeloma, measure_referrals, recorded
 from training.cohorts.simulator.world import (
     ARTEFACT_FLAGS,
     DEFAULT_N,
@@ -149,6 +150,7 @@ def simulate_referrals(params: ReferralParams, rng: np.random.Generator) -> Simu
     results = long_results([reported, history])
     wide = assemble_wide(index, reported, flags)
     summary = referral_summary(wide, results, intercepts)
+    summary["realism"] = recorded(measure_referrals(wide))
     return SimulatedCohort("referrals", wide, results, index, summary)
 
 
@@ -193,6 +195,7 @@ def simulate_myeloma(params: MyelomaParams, rng: np.random.Generator) -> Simulat
     summary = myeloma_summary(events, wide, results, params, intercepts, strata)
     age_from = band_start(events["age"], params)
     whole = population_wide(events, everyone, all_flags, age_from)
+    summary["realism"] = recorded(measure_myeloma(whole))
     return SimulatedCohort("myeloma", wide, results, index, summary, whole, strata)
 
 

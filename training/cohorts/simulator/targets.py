@@ -1,7 +1,8 @@
 """What a simulated cohort must look like, measured: the realism targets of the data card §3a
 (each with its published anchor), computed from the wide table as a lab would report it.
 
-`measure_referrals` and `measure_myeloma` return plain numbers (the manifest records them);
+`measure_referrals` and `measure_myeloma` return plain numbers (the manifest records them under
+`counts.realism`);
 `TARGETS` gives each one's accepted range and source. Tests hold the ranges.
 """
 
@@ -79,7 +80,8 @@ def likelihood_ratio(test: pd.Series, cancer: pd.Series) -> float:
     """P(test | case) / P(test | non-case) among rows where the test was done (test not NaN)."""
     done = test.notna()
     t, y = test[done].astype(bool), cancer[done].astype(bool)
-    return float(t[y].mean() / t[~y].mean())
+    controls = float(t[~y].mean()) if (~y).any() else 0.0
+    return float(t[y].mean() / controls) if controls > 0 and y.any() else float("nan")
 
 
 def measure_referrals(wide: pd.DataFrame) -> dict[str, float]:
@@ -93,7 +95,8 @@ def measure_referrals(wide: pd.DataFrame) -> dict[str, float]:
     y = cancer[lgi & hb.notna()].to_numpy()
     both, anaemic_only = int((a & y).sum()), int((a & ~y).sum())
     cancer_only, neither = int((~a & y).sum()), int((~a & ~y).sum())
-    odds_ratio = both * neither / (anaemic_only * cancer_only)
+    denominator = anaemic_only * cancer_only
+    odds_ratio = both * neither / denominator if denominator else float("nan")
     crp = wide["crp"].dropna()
     platelets = wide["platelets"].dropna()
     out = {
@@ -127,6 +130,11 @@ def measure_myeloma(population: pd.DataFrame) -> dict[str, float]:
             1 - _raised(population, "creatinine"), cancer
         ),
     }
+
+
+def recorded(measured: dict[str, float]) -> dict[str, float | None]:
+    """The measured numbers for a manifest: rounded, None where not defined (a tiny cohort)."""
+    return {k: round(v, 4) if np.isfinite(v) else None for k, v in measured.items()}
 
 
 def outside(measured: dict[str, float]) -> dict[str, str]:

@@ -208,7 +208,7 @@ class TestingProfile:
     ggt_given_liver: float
     crp: float
     esr_or_pv: float
-    ferritin: float  # without a reason; iron deficiency and anaemia add theirs (conditions)
+    ferritin: float  # without a reason; conditions (iron deficiency, bleeding) add theirs
     suspicion: float = 0.6  # log-odds per SD of inflammation, for CRP and ESR/PV requests
     markers: bool = True
 
