@@ -16,8 +16,8 @@ class _Frozen(BaseModel):
 class LightGBMParams(_Frozen):
     n_estimators: int = Field(default=600, gt=0, le=20_000)
     learning_rate: float = Field(default=0.05, gt=0, le=1)
-    num_leaves: int = Field(default=15, ge=2, le=4096)
-    max_depth: int = Field(default=4, ge=-1, le=64)
+    num_leaves: int = Field(default=7, ge=2, le=4096)
+    max_depth: int = Field(default=3, ge=-1, le=64)
     min_child_samples: int = Field(default=50, ge=1)
     subsample: float = Field(default=0.8, gt=0, le=1)
     subsample_freq: int = Field(default=1, ge=0)
@@ -93,6 +93,13 @@ class TriagePolicy(_Frozen):
         ge=1,
         description="fewest calibration-period events behind a threshold; with fewer, no "
         "threshold is set and that band is never given",
+    )
+    rule_out_within: tuple[Literal["age_band", "sex"], ...] = Field(
+        default=("age_band", "sex"),
+        description="the green threshold must also reach the sensitivity target (estimated) "
+        "within every level of these subgroups that has at least promotion.subgroup_min_events "
+        "calibration-period events: a rule-out claim must hold for each age band and sex, not "
+        "only on average (young cancers carry lower risk, so one cut-off misses more of them)",
     )
     referral_threshold: float = Field(
         default=0.03,

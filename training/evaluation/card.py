@@ -215,7 +215,12 @@ def threshold_texts(choices: Any) -> list[str]:
         lines.append(
             f"{band}: {c['threshold']:.4g} by {c.get('method', 'unknown method')} ({target_text}"
             + (f", lower 95% bound {bound:.3f}" if is_finite_number(bound) else "")
-            + f"), {events}, {_count(c.get('events_in_band'))} events in band."
+            + f"), {events}, {_count(c.get('events_in_band'))} events in band"
+            + (
+                f"; lowered so that {c['limited_by']} also reaches the target."
+                if c.get("limited_by")
+                else "."
+            )
         )
     return lines
 

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
+import pandas as pd
 
 from training.evaluation.basics import (
     NAN,
@@ -54,6 +56,7 @@ class ThresholdChoice:
     lower_bound: float  # rule-out: the lower 95% bound of sensitivity reached; rule-in: NaN
     events_in_band: int | None  # rule-out: cases below it (missed); rule-in: cases at/above it
     reason: str | None = None
+    limited_by: str | None = None  # rule-out: the subgroup level that lowered the cut-off
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,14 +91,18 @@ def _bootstrap_lower_bounds(
 def choose_rule_out(
     y: Any, p: Any, target: float, *, bound: Bound = "wilson",
     min_events: int = DEFAULT_MIN_EVENTS, groups: Any = None, n_boot: int = 1000, seed: int = 0,
-    events_name: str = "events",
+    events_name: str = "events", within: Mapping[str, Any] | None = None,
+    within_min_events: int = 20,
 ) -> ThresholdChoice:  # fmt: skip
     """The highest distinct value t with a lower 95% bound of sensitivity of (p >= t) >= target.
 
     `bound="bootstrap"` resamples `groups` (patients, or matched sets for case-control data;
     rows when None) and only considers values whose estimated sensitivity meets the target.
     Sensitivity involves only the cases, which carry weight 1 in a case-control sample, so no
-    population weights are needed."""
+    population weights are needed. `within` maps a subgroup's name to each row's level (labels
+    or codes; missing levels as NaN or None): t must also give an estimated sensitivity >= target
+    in every level with at least `within_min_events` cases (`limited_by` names the level that
+    lowered t, if one did)."""
     if bound not in ("wilson", "bootstrap", "point"):
         raise ValueError(f"bound must be 'wilson', 'bootstrap' or 'point', not {bound!r}")
     y_arr, p_arr = as_arrays(y, p)
@@ -127,7 +134,24 @@ def choose_rule_out(
                 position, candidates, rows, groups_arr, n_boot, seed
             )
         meets = np.nan_to_num(low, nan=-1.0) >= target - TOLERANCE
+    overall = np.flatnonzero(meets)
+    limits = _within_limits(y_arr, position, values.size, target, within, within_min_events)
+    limited_by = None
+    for label, level_meets in limits:
+        before = int(np.flatnonzero(meets)[0]) if meets.any() else None
+        meets = meets & level_meets
+        after = int(np.flatnonzero(meets)[0]) if meets.any() else None
+        if before is not None and after != before:
+            limited_by = label
     chosen = np.flatnonzero(meets)
+    if chosen.size == 0 and overall.size:
+        reason = (
+            f"no threshold reaches an estimated sensitivity of {target:g} within {limited_by} "
+            f"as well as overall; more {events_name} are needed there"
+        )
+        return ThresholdChoice(**common, threshold=None, estimate=NAN, lower_bound=NAN,
+                               events_in_band=None, reason=reason,
+                               limited_by=limited_by)  # fmt: skip
     if chosen.size == 0:
         best = float(np.nanmax(low)) if np.isfinite(low).any() else NAN
         what = "an estimated" if bound == "point" else f"a lower 95% bound ({bound}) of"
@@ -140,8 +164,25 @@ def choose_rule_out(
                                events_in_band=None, reason=reason)  # fmt: skip
     j = int(chosen[0])
     return ThresholdChoice(**common, threshold=float(values[j]), estimate=float(sensitivity[j]),
-                           lower_bound=float(low[j]),
-                           events_in_band=n_cases - int(detected[j]))  # fmt: skip
+                           lower_bound=float(low[j]), events_in_band=n_cases - int(detected[j]),
+                           limited_by=limited_by)  # fmt: skip
+
+
+def _within_limits(
+    y: IntArray, position: IntArray, steps: int, target: float,
+    within: Mapping[str, Any] | None, min_events: int,
+) -> list[tuple[str, npt.NDArray[np.bool_]]]:  # fmt: skip
+    """For each subgroup level with >= `min_events` cases: its label ("age_band 18-49") and,
+    per candidate step, whether the level's estimated sensitivity meets the target."""
+    out: list[tuple[str, npt.NDArray[np.bool_]]] = []
+    for name, levels in (within or {}).items():
+        case_levels = pd.Series(np.asarray(levels, dtype=object)[y == 1])
+        for level, rows in case_levels.groupby(case_levels, sort=True).groups.items():
+            if len(rows) < min_events:
+                continue
+            found = np.cumsum(np.bincount(position[np.asarray(rows)], minlength=steps))
+            out.append((f"{name} {level}", found / len(rows) >= target - TOLERANCE))
+    return out
 
 
 def _counts_at_or_above(

@@ -23,6 +23,7 @@ import pandas as pd
 
 from models.calibration import LogitCalibration
 from models.columns import map_columns
+from models.features import SEX_CODES
 from models.frame_validation import validate_frame
 from models.predictor import TriagePredictor, spec_feature_frame
 from models.reference import reference_statistics
@@ -37,7 +38,13 @@ from training.cohorts.reader import (
     open_cohort,
 )
 from training.evaluation.metrics import paired_auc_difference
-from training.evaluation.model import bootstrap_groups, evaluate_model, explanation_sample
+from training.evaluation.model import (
+    bootstrap_groups,
+    evaluate_model,
+    explanation_sample,
+    subgroup_age_bands,
+)
+from training.evaluation.subgroups import age_band
 from training.evaluation.thresholds import choose_rule_in, choose_rule_out
 from training.fit.case_control import feature_strata, stratum_offsets
 from training.fit.family import Fitted, choose_family, fit_families
@@ -261,17 +268,19 @@ def check_period(name: str, outcome: pd.Series, spec: ModelSpec) -> None:
 
 def choose_thresholds(
     y_cal: np.ndarray, p_cal: np.ndarray, spec: ModelSpec, groups: np.ndarray,
-    weights: np.ndarray | None, seed: int,
+    weights: np.ndarray | None, seed: int, within: dict[str, np.ndarray] | None = None,
 ) -> tuple[Thresholds, dict[str, dict[str, Any]]]:  # fmt: skip
     """Green: the highest cut-off whose lower 95% bound of sensitivity on the calibration period
-    meets the target; red: the lowest meeting the PPV target (the population's PPV for
-    case-control models: controls weighted 1/r_s, or Bayes at a global deployment prevalence).
-    Either is None, with the reason, below `triage.min_events` calibration-period events."""
+    meets the target, and whose estimated sensitivity meets it within each level of
+    `triage.rule_out_within` (`within`: each row's level) with enough events; red: the lowest
+    meeting the PPV target (the population's PPV for case-control models: controls weighted
+    1/r_s, or Bayes at a global deployment prevalence). Either is None, with the reason, below
+    `triage.min_events` calibration-period events."""
     triage, events = spec.triage, spec.outcome.plural_name
     rule_out = choose_rule_out(
         y_cal, p_cal, triage.rule_out_sensitivity, bound=triage.sensitivity_bound,
         min_events=triage.min_events, groups=groups, n_boot=spec.promotion.n_boot, seed=seed,
-        events_name=events,
+        events_name=events, within=within, within_min_events=spec.promotion.subgroup_min_events,
     )  # fmt: skip
     rule_in = choose_rule_in(
         y_cal, p_cal, triage.rule_in_ppv, weights=weights,
@@ -283,6 +292,20 @@ def choose_thresholds(
         red = green  # the PPV target is met below the rule-out cut: no amber band
     choices = {"rule_out": rule_out.to_dict(), "rule_in": rule_in.to_dict()}
     return Thresholds(green, red), choices
+
+
+def rule_out_levels(spec: ModelSpec, x: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each row's level of every `triage.rule_out_within` subgroup the inputs hold: age bands as
+    the evaluation draws them (`subgroup_age_bands`), and sex."""
+    levels: dict[str, np.ndarray] = {}
+    for name in spec.triage.rule_out_within:
+        if name == "age_band" and "age" in x.columns:
+            bands = age_band(x["age"], subgroup_age_bands(spec))
+            levels[name] = bands.astype(object).to_numpy()
+        elif name == "sex" and "sex" in x.columns:
+            names = {code: label for label, code in SEX_CODES.items()}
+            levels[name] = x["sex"].map(names).astype(object).to_numpy()
+    return levels
 
 
 def build_predictor(
@@ -297,7 +320,8 @@ def build_predictor(
     )  # fmt: skip
     p_cal = untuned.probability(x_cal)
     weights = sample_weights(fitted.calibration, x_cal, y_cal)
-    thresholds, choices = choose_thresholds(y_cal, p_cal, spec, groups, weights, seed)
+    within = rule_out_levels(spec, x_cal)
+    thresholds, choices = choose_thresholds(y_cal, p_cal, spec, groups, weights, seed, within)
     predictor = TriagePredictor(
         spec=spec, booster=fitted.model, calibration=fitted.calibration, thresholds=thresholds,
         reference=reference_statistics(x_cal, p_cal, weights), metadata=metadata,

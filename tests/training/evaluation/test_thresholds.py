@@ -263,3 +263,29 @@ def test_a_bootstrap_sensitivity_bound_is_used_for_the_green_band_too() -> None:
     ]
     low, high = np.percentile(samples, [2.5, 97.5])
     assert (green["sensitivity"]["low"], green["sensitivity"]["high"]) == pytest.approx((low, high))
+
+
+def test_rule_out_holds_within_every_subgroup_level_with_enough_events() -> None:
+    # 100 old cases at p 0.5-0.99; 40 young cases, 36 at p 0.30-0.49 and 4 at p 0.02; 1,000
+    # non-cases at p 0.01. Overall, 0.9 sensitivity allows 14 missed cases, 10 of them young
+    # ones: the young level then has 26/40 = 0.65. Within age band, the young level must reach
+    # 0.9 itself (36/40: every case at 0.30-0.49 caught), which lowers the cut-off.
+    old = np.linspace(0.5, 0.99, 100)
+    young_high = np.linspace(0.3, 0.49, 36)
+    young_low = np.full(4, 0.02)
+    p = np.concatenate([old, young_high, young_low, np.full(1000, 0.01)])
+    y = np.concatenate([np.ones(140), np.zeros(1000)]).astype(int)
+    band = np.array(["old"] * 100 + ["young"] * 40 + ["old"] * 1000, dtype=object)
+    plain = choose_rule_out(y, p, 0.9, bound="point", min_events=50)
+    # 0.9 x 140 = 126 cases caught: the 126th highest case value is young_high's 11th lowest.
+    assert plain.threshold == pytest.approx(np.sort(young_high)[10])
+    assert plain.limited_by is None
+    within = choose_rule_out(y, p, 0.9, bound="point", min_events=50, within={"age": band},
+                             within_min_events=20)  # fmt: skip
+    # Young: 36 of 40 = 0.9 only when every young_high case is caught: t = min(young_high).
+    assert within.threshold == pytest.approx(young_high.min())
+    assert within.limited_by == "age young"
+    assert within.estimate == pytest.approx(136 / 140)
+    few = choose_rule_out(y, p, 0.9, bound="point", min_events=50, within={"age": band},
+                          within_min_events=41)  # fmt: skip
+    assert few.threshold == plain.threshold, "a level with too few cases does not bind"
