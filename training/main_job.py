@@ -35,6 +35,7 @@ from serving.release import release_champions
 from serving.server import Server
 from training.cohorts.reader import read_table
 from training.cohorts.simulator import run_simulation
+from training.cohorts.simulator.world import WORLD_VERSION
 from training.console import (
     HOME_ENV,
     make_console,
@@ -62,7 +63,9 @@ def main(
         str | None,
         typer.Option(help="MLflow store or server (default: $MLFLOW_TRACKING_URI, else SQLite)"),
     ] = None,
-    referrals: Annotated[int, typer.Option(help="simulated referrals")] = 100_000,
+    # 300,000 referrals give lower GI ~230 calibration-year cancers: the fewest with which a 98%
+    # rule-out can be shown with 95% confidence (Wilson), so its green band exists.
+    referrals: Annotated[int, typer.Option(help="simulated referrals")] = 300_000,
     # 4M people give ~2,400 myeloma cases: enough for stable thresholds in a temporal split.
     population: Annotated[int, typer.Option(help="simulated myeloma population")] = 4_000_000,
     seed: Annotated[int, typer.Option(help="simulation seed")] = 7,
@@ -91,10 +94,10 @@ def main(
 
 
 def simulate_cohorts(workdir: Path, referrals: int, population: int, seed: int) -> dict[str, Path]:
-    """Both simulated cohorts (reused when already there for the same size and seed)."""
+    """Both simulated cohorts (reused when already there for the same world, size and seed)."""
     folders = {}
     for cohort, n in (("referrals", referrals), ("myeloma", population)):
-        folder = workdir / "cohorts" / f"{cohort}-n{n}-s{seed}"
+        folder = workdir / "cohorts" / f"{cohort}-w{WORLD_VERSION}-n{n}-s{seed}"
         if not any(folder.glob("*_wide.parquet")):
             run_simulation(cohort=cohort, n=n, seed=seed, out=folder)
         folders[cohort] = folder
