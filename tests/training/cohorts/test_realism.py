@@ -1,5 +1,5 @@
 """The simulated world against real referral data (issue 15): each target of the data card §3a
-on a cohort of `make run`'s size and seed (100,000 referrals; the 4,000,000-person myeloma
+on a cohort of `make run`'s size and seed (300,000 referrals; the 4,000,000-person myeloma
 population in the slow tier), each checked against a computation independent of
 `targets.measure_*` where one exists (validation's canonical values, a hand count).
 """
@@ -24,7 +24,7 @@ from training.cohorts.simulator.targets import (
 )
 from training.cohorts.simulator.world import MyelomaParams, ReferralParams, SimulatedCohort
 
-MAKE_RUN_REFERRALS = 100_000
+MAKE_RUN_REFERRALS = 300_000
 MAKE_RUN_POPULATION = 4_000_000
 MAKE_RUN_SEED = 7
 
