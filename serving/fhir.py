@@ -111,7 +111,9 @@ def parse_bundle(data: Mapping[str, Any], catalogue: Catalogue) -> FhirRequest:
     dates = [d for d, _, _ in latest.values() if d is not None]
     as_of = max(dates) if dates else datetime.now(UTC).date()
     birth = _day(patient.birthDate)
-    age = None if birth is None else (as_of - birth).days / 365.25
+    # Completed years, as the cohorts a model is trained on count age (not days / 365.25: a
+    # spline model's risk moves with a fraction of a year that no JSON client sends).
+    age = None if birth is None else completed_years(birth, as_of)
     record = {
         "age": age,
         "sex": GENDERS.get(str(patient.gender), str(patient.gender)),
@@ -119,6 +121,11 @@ def parse_bundle(data: Mapping[str, Any], catalogue: Catalogue) -> FhirRequest:
     }
     subject = _reference(patient_entry, patient)
     return FhirRequest(record, subject, [ref for _, ref, _ in latest.values()], warnings)
+
+
+def completed_years(birth: date, on: date) -> int:
+    """Age in whole years on a date (the birthday itself counts)."""
+    return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
 
 
 def risk_assessment(

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from models.predictor import ArtifactError
+from models.predictor import MODEL_FILES, ArtifactError
 from serving.release import BUNDLE_NAME, load_release
 from serving.server import Server, free_port
 from tests.serving.conftest import LOG_DIR, Released
@@ -24,10 +24,13 @@ def _release_folder() -> Path:
 
 
 def _tampered_store(tmp_path: Path, file: str) -> Path:
-    """A copy of the test BentoML store with one byte of one released file changed."""
+    """A copy of the test BentoML store with one byte of one released file changed (`model`:
+    whichever model file lower_gi's family serves, booster.txt or spline.json)."""
     store = tmp_path / "bentoml"
     shutil.copytree(os.environ["BENTOML_HOME"], store)
     folder = store / _release_folder().relative_to(os.environ["BENTOML_HOME"])
+    if file == "model":
+        (file,) = [f for f in MODEL_FILES.values() if (folder / "lower_gi" / f).exists()]
     target = folder / "lower_gi" / file
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -35,7 +38,7 @@ def _tampered_store(tmp_path: Path, file: str) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("file", ["booster.txt", "predictor.json"])
+@pytest.mark.parametrize("file", ["model", "predictor.json"])
 def test_a_tampered_artifact_is_refused(released: Released, tmp_path: Path, file: str) -> None:
     folder = _tampered_store(tmp_path, file)
     with pytest.raises(ArtifactError, match="checksum mismatch"):
@@ -43,7 +46,7 @@ def test_a_tampered_artifact_is_refused(released: Released, tmp_path: Path, file
 
 
 def test_serve_refuses_to_start_on_a_tampered_release(released: Released, tmp_path: Path) -> None:
-    _tampered_store(tmp_path, "booster.txt")
+    _tampered_store(tmp_path, "model")
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "TRIAGE_HOME": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-m", "training.cli", "serve", "--port", str(free_port()),

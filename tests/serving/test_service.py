@@ -305,3 +305,14 @@ def test_per_key_rate_limit_answers_429(
         assert int(limited.headers["retry-after"]) >= 1
         assert limited.json()["error"]["code"] == "rate_limited"
         assert client.get("/v1/models", headers=b).status_code == 200, "limits are per key"
+
+
+def test_fhir_age_is_completed_years_as_in_training() -> None:
+    from datetime import date
+
+    from serving.fhir import completed_years
+
+    assert completed_years(date(1955, 11, 2), date(2026, 11, 1)) == 70, "the day before"
+    assert completed_years(date(1955, 11, 2), date(2026, 11, 2)) == 71, "the birthday"
+    assert completed_years(date(2000, 2, 29), date(2001, 2, 28)) == 0, "leap-day birth"
+    assert completed_years(date(2000, 2, 29), date(2001, 3, 1)) == 1

@@ -106,9 +106,10 @@ def test_an_outcome_with_unlisted_codes_is_refused(tmp_path: Path, native) -> No
 def test_a_period_with_too_few_events_names_the_period_and_the_field(
     tmp_path: Path, native
 ) -> None:
-    # Every third referral: about 10 events a year, too few for the default split.min_events.
-    sparse = foreign_layout(native).iloc[::3]
-    cohort, spec_file = write(tmp_path, sparse, foreign_spec_data())
+    # 3,000 referrals: ~94 training-period cancers, ~35 in the 2016 calibration year.
+    spec = foreign_spec_data()
+    spec["split"]["min_events"] = 60
+    cohort, spec_file = write(tmp_path, foreign_layout(native), spec)
     assert_user_error(
         train(tmp_path, cohort, spec_file),
         "the calibrate period 2016-01-01..2016-12-31 has",
