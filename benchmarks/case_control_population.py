@@ -2,8 +2,10 @@
 matched sample, replay the champion over the whole simulated population's evaluation period
 (`myeloma_population.parquet`), and compare its risks with the simulator's `true_risk`: O/E by
 10-year age band and by sex, and the PPV the model claims at its red threshold (from the
-sample, controls weighted 1/r_s) against the population's PPV there (mean true risk of the
-people at or above it). The figures are computed here with pandas, not by the evaluation code.
+sample, controls weighted 1/r_s, with its 95% CI) against the population's PPV there: realised
+(the people at or above it who have myeloma, which is what the sample's cases can show) and
+expected (their mean true risk). The figures are computed here with pandas, not by the
+evaluation code.
 
 Run: `.venv/bin/python benchmarks/case_control_population.py [--n 4000000] [--seed 7]` (the
 `make run` population and seed; about 3 minutes and 5 GB of memory).
@@ -51,7 +53,8 @@ def population_check(root: Path, n: int, seed: int) -> dict[str, Any]:
     )
     scores = pd.concat(pd.read_parquet(p) for p in sorted(out.glob("**/scores*.parquet")))
     population = pd.read_parquet(
-        cohort / "myeloma_population.parquet", columns=["referral_id", "age", "sex", "true_risk"]
+        cohort / "myeloma_population.parquet",
+        columns=["referral_id", "age", "sex", "true_risk", "cancer"],
     )
     rows = scores[["referral_id", "probability"]].merge(population, on="referral_id")
     rows = rows[rows["probability"].notna()]
@@ -73,17 +76,22 @@ def population_check(root: Path, n: int, seed: int) -> dict[str, Any]:
     )
     red = result.predictor.thresholds.rule_in
     red_block = result.evaluation["thresholds"].get("red") or {}
-    claimed = (red_block.get("ppv") or {}).get("estimate")
-    actual = None
+    claim = red_block.get("ppv") or {}
+    actual = realised = None
     if red is not None:
-        actual = float(rows.loc[rows["probability"] >= red, "true_risk"].mean())
+        above = rows["probability"] >= red
+        actual = float(rows.loc[above, "true_risk"].mean())
+        realised = float(rows.loc[above, "cancer"].mean())
     return {
         "result": result,
         "scored": len(rows),
         "table": table,
         "red": red,
-        "claimed_ppv": claimed,
+        "claimed_ppv": claim.get("estimate"),
+        "claimed_ppv_ci": (claim.get("low"), claim.get("high")),
         "population_ppv": actual,
+        "population_ppv_realised": realised,
+        "people_above_red": int((rows["probability"] >= red).sum()) if red is not None else 0,
     }
 
 
@@ -98,10 +106,12 @@ def main() -> None:
           f"{figures['scored']:,} people scored")  # fmt: skip
     print(figures["table"].to_string(index=False, float_format=lambda v: f"{v:.5f}"))
     if figures["red"] is not None:
+        low, high = figures["claimed_ppv_ci"]
         print(
             f"red threshold {figures['red']:.5f}: PPV claimed from the weighted sample "
-            f"{figures['claimed_ppv']:.5f}; the population's PPV there "
-            f"{figures['population_ppv']:.5f}"
+            f"{figures['claimed_ppv']:.5f} [95% CI {low:.5f}, {high:.5f}]; the population's PPV "
+            f"there {figures['population_ppv']:.5f} (mean true risk; realised "
+            f"{figures['population_ppv_realised']:.5f})"
         )
     sampling = figures["result"].provenance["case_control"]
     print(
