@@ -54,7 +54,7 @@ PATHWAY_CODES = {name: float(i) for i, name in enumerate(PATHWAYS)}
 # Warnings the model adds to the validation's own (they depend on the model, not on the data).
 MODEL_WARNINGS = {
     "analyte_missing": "analytes the model uses were not given; it scores without them",
-    "outside_training_range": "a value beyond the 0.1-99.9th percentiles seen in training",
+    "outside_training_range": "a value beyond the 0.01-99.99th percentiles seen in training",
 }
 
 

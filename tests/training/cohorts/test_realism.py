@@ -133,7 +133,7 @@ def test_myeloma_targets_hold() -> None:
 
 @pytest.mark.slow
 def test_outside_training_range_fits_the_world(tmp_path: Path) -> None:
-    """The 0.1-99.9th percentile warning fires for well under 2% of the evaluation period's
+    """The 0.01-99.99th percentile warning fires for well under 2% of the evaluation period's
     patients (any_cancer and lower_gi, trained as `make run` trains them), and not for the
     README's example patient (lower GI; Hb 10.9 g/dL, MCV 76 fL, MCH 24.8 pg)."""
     from models.scoring import WARNING_CODES, score_frame
