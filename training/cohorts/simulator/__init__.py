@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -82,9 +82,12 @@ from training.cohorts.simulator.world import (
     REFERRAL_TESTING,
     WORLD_VERSION,
     Artefacts,
+    BoolArray,
+    FloatArray,
     MyelomaParams,
     ReferralParams,
     SimulatedCohort,
+    Site,
 )
 from training.provenance import code_version
 
@@ -201,9 +204,9 @@ def simulate_myeloma(params: MyelomaParams, rng: np.random.Generator) -> Simulat
 
 def with_truth_columns(
     events: pd.DataFrame,
-    flags: Mapping[str, Any],
-    sites: Any,
-    severity: Mapping[str, Any],
+    flags: Mapping[str, BoolArray],
+    sites: Sequence[Site],
+    severity: Mapping[str, FloatArray],
 ) -> pd.DataFrame:
     """`true_risk_reachable` after `true_risk`, then one `condition_<name>` column each: what
     the person had (never model input; for evaluators and the data card's checks)."""

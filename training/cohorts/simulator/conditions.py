@@ -33,8 +33,6 @@ from training.cohorts.simulator.world import (
     Practice,
 )
 
-LOW, HIGH = "low", "high"
-
 
 @dataclass(frozen=True)
 class Condition:
