@@ -16,6 +16,12 @@ Figures come from `shared/reference/analytes.md`. Limits tagged [J] there have n
 they are generous on purpose (a cancer cohort has extreme values) and a spec may override an entry.
 Conversion factors for mass units come from molar masses: glucose 180.16, creatinine 113.12,
 urea 60.06, urea nitrogen 28.014, bilirubin 584.66, calcium 40.078, phosphorus 30.974 g/mol.
+
+A unit means what the code beside it measures: "mg/dL" under urea (22664-7, 3091-6) is mg of urea
+(x10/60.06), under LOINC 3094-0 (urea NITROGEN, BUN) it is mg of nitrogen (x10/28.014; one urea
+molecule carries two N atoms, 28.014 g/mol), so BUN 14 mg/dL is 5.0 mmol/L of urea, not 2.3. Such a
+code lists its own units in `loinc_units`, each pointing at the analyte unit that carries the right
+factor; `Catalogue.as_measured(code)` gives the analyte with the units that code accepts.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ Panel = Literal[
     "other",
 ]
 
-CATALOGUE_VERSION = "2026.11.1"
+CATALOGUE_VERSION = "2026.12.1"
 
 # Molar masses (g/mol) behind the mass-unit factors.
 GLUCOSE_G_PER_MOL = 180.16
@@ -116,6 +122,11 @@ class Analyte(_Frozen):
     name: str
     loinc: str = Field(pattern=r"^\d{1,7}-\d$")
     alt_loinc: tuple[str, ...] = ()
+    loinc_units: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="for a LOINC whose units differ from the analyte's: {accepted unit: the "
+        "analyte unit (and so factor) it stands for}; the canonical unit is always accepted",
+    )
     unit: str
     display_unit: str
     alt_units: dict[str, UnitConversion] = Field(default_factory=dict)
@@ -165,6 +176,16 @@ class Analyte(_Frozen):
         return self
 
     @model_validator(mode="after")
+    def _loinc_units_known(self) -> Analyte:
+        for loinc, units in self.loinc_units.items():
+            if loinc not in (self.loinc, *self.alt_loinc):
+                raise ValueError(f"{self.code}: loinc_units names {loinc}, not one of its codes")
+            unknown = set(units.values()) - set(self.units)
+            if unknown:
+                raise ValueError(f"{self.code}: {loinc} maps to unknown units {sorted(unknown)}")
+        return self
+
+    @model_validator(mode="after")
     def _limits_hold_reference(self) -> Analyte:
         for interval in (self.reference, self.reference_male, self.reference_female):
             if interval is None:
@@ -181,6 +202,25 @@ class Analyte(_Frozen):
     def units(self) -> dict[str, UnitConversion]:
         """Every accepted unit (canonical included) with its conversion to canonical."""
         return {self.unit: UnitConversion(factor=1.0), **self.alt_units}
+
+    def measured_by(self, loinc: str) -> Analyte:
+        """This analyte as `loinc` reports it: same code, limits and ranges, but only the units
+        that code accepts, each with the factor of the analyte unit it stands for."""
+        own = self.loinc_units.get(loinc)
+        if own is None:
+            return self
+        units = self.units
+        alt = {spelling: units[target] for spelling, target in own.items() if spelling != self.unit}
+        ambiguous = tuple(u for u in self.ambiguous_units if u in alt)
+        return self.model_copy(
+            update={"alt_units": alt, "ambiguous_units": ambiguous, "loinc_units": {}}
+        )
+
+    def unit_meaning(self, loinc: str, unit: str) -> str:
+        """The analyte unit that `unit` (spelt as `measured_by(loinc)` spells it) stands for:
+        "mg/dL" under 3094-0 -> "mg/dL{BUN}", so a record keyed by the analyte code keeps the
+        factor of the code it came with. A unit of a code without its own units is unchanged."""
+        return self.loinc_units.get(loinc, {}).get(unit, unit)
 
     def reference_for(self, sex: Sex | None = None, age: float | None = None) -> Interval:
         """The adult reference interval for this sex and age (canonical unit)."""
@@ -203,6 +243,7 @@ class Catalogue:
     def __init__(self, analytes: Iterable[Analyte], version: str = CATALOGUE_VERSION) -> None:
         self._by_code: dict[str, Analyte] = {}
         self._by_loinc: dict[str, Analyte] = {}
+        self._measured: dict[str, Analyte] = {}
         for analyte in analytes:
             if analyte.code in self._by_code:
                 raise ValueError(f"analyte code {analyte.code!r} is declared twice")
@@ -214,6 +255,8 @@ class Catalogue:
                         f"and {analyte.code!r}"
                     )
                 self._by_loinc[loinc] = analyte
+            for loinc in analyte.loinc_units:
+                self._measured[loinc] = analyte.measured_by(loinc)  # built once: a stable id
         self.version = version
 
     def __getitem__(self, code: str) -> Analyte:
@@ -236,8 +279,15 @@ class Catalogue:
         return tuple(self._by_code)
 
     def resolve(self, key: str) -> Analyte | None:
-        """The analyte for a catalogue code or a LOINC code, or None."""
+        """The catalogue entry for a catalogue code or a LOINC code, or None. Its units are the
+        analyte's; use `as_measured` where a value's unit is read under the code it came with."""
         return self._by_code.get(key) or self._by_loinc.get(key)
+
+    def as_measured(self, key: str) -> Analyte | None:
+        """The analyte for a code or LOINC with the units (and factors) *that key* accepts: urea
+        under 3094-0 reads mg/dL as urea nitrogen. The entry itself when the key has no units of
+        its own, so `as_measured(key).code == resolve(key).code` always."""
+        return self._measured.get(key) or self.resolve(key)
 
     def extended(self, extra: Iterable[Analyte]) -> Catalogue:
         """A new catalogue with extra analytes added (a spec's own analytes)."""
@@ -302,6 +352,7 @@ def _a(
     *,
     alt_units: Mapping[str, float | tuple[float, float]] | None = None,
     alt_loinc: tuple[str, ...] = (),
+    loinc_units: Mapping[str, Mapping[str, str]] | None = None,
     ambiguous_units: tuple[str, ...] = (),
     male: tuple[float, float] | None = None,
     female: tuple[float, float] | None = None,
@@ -320,6 +371,7 @@ def _a(
         name=name,
         loinc=loinc,
         alt_loinc=alt_loinc,
+        loinc_units={k: dict(v) for k, v in (loinc_units or {}).items()},
         unit=unit,
         display_unit=display_unit,
         alt_units=units,
@@ -339,6 +391,9 @@ def _a(
 
 
 _ENZYME = {"ukat/L": 60.0}
+# LOINC 3094-0 is urea NITROGEN by mass: mg/dL of N (x10/28.014), never mg/dL of urea (x10/60.06).
+# In moles, urea nitrogen (N2) equals urea, so mmol/L is taken as it is.
+_BUN_UNITS = {"mg/dL": "mg/dL{BUN}", "mg/dL{BUN}": "mg/dL{BUN}", "mmol/L": "mmol/L"}
 
 # fmt: off
 _ANALYTES: tuple[Analyte, ...] = (
@@ -376,10 +431,11 @@ _ANALYTES: tuple[Analyte, ...] = (
        0, alt_units={"meq/L": 1.0}),
     _a("potassium", "Potassium", "2823-3", "mmol/L", "mmol/L", (3.5, 5.3), (1.5, 10), "renal",
        "none", 1, alt_units={"meq/L": 1.0}),
+    # 22664-7 urea [Moles/volume], 3091-6 urea [Mass/volume], 3094-0 urea nitrogen [Mass/volume]
     _a("urea", "Urea", "22664-7", "mmol/L", "mmol/L", (2.5, 7.8), (0.5, 100), "renal", "high", 1,
-       alt_loinc=("3094-0",),
+       alt_loinc=("3091-6", "3094-0"),
        alt_units={"mg/dL": 10 / UREA_G_PER_MOL, "mg/dL{BUN}": 10 / UREA_NITROGEN_G_PER_MOL},
-       skewed=True),
+       loinc_units={"3094-0": _BUN_UNITS}, skewed=True),
     _a("creatinine", "Creatinine", "14682-9", "umol/L", "µmol/L", (45, 110), (20, 2500), "renal",
        "high", 0, alt_loinc=("2160-0",), alt_units={"mg/dL": 10_000 / CREATININE_G_PER_MOL},
        male=(57, 110), female=(41, 90), skewed=True),
@@ -428,8 +484,12 @@ _ANALYTES: tuple[Analyte, ...] = (
        0, alt_units={"ng/mL": 1.0}, male=(30, 400), female=(15, 150), skewed=True),
     _a("glucose", "Glucose", "14749-6", "mmol/L", "mmol/L", (4.0, 7.8), (1, 60), "metabolic",
        "high", 1, alt_loinc=("2345-7",), alt_units={"mg/dL": 10 / GLUCOSE_G_PER_MOL}),
+    # 59261-8 is HbA1c by the IFCC protocol (mmol/mol); 4548-4 is HbA1c/Hb.total, the NGSP/DCCT %
+    # (IFCC = 10.929 x (NGSP - 2.15)). A "%" under 59261-8 could be the old IFCC percentage (a
+    # tenth of mmol/mol, 6.5% IFCC = 65 mmol/mol, not 48): refused there rather than guessed.
     _a("hba1c", "HbA1c", "59261-8", "mmol/mol", "mmol/mol", (20, 48), (20, 195), "metabolic",
-       "high", 0, alt_loinc=("4548-4",), alt_units={"%": (10.929, -10.929 * 2.15)}),
+       "high", 0, alt_loinc=("4548-4",), alt_units={"%": (10.929, -10.929 * 2.15)},
+       loinc_units={"59261-8": {}}),
     # --- tumour markers ---
     _a("psa", "Prostate-specific antigen", "2857-1", "ug/L", "µg/L", (0, 3), (0, 10_000),
        "tumour_markers", "high", 2, alt_units={"ng/mL": 1.0},

@@ -110,10 +110,19 @@ def message_out_of_limits(analyte: Analyte, value: float, unit: str, canonical: 
         f"(limits {analyte.limits.describe()} {analyte.display_unit})"
     )
     hints = [
-        f"{_g(value)} {alt} = {_g(round(reading, analyte.decimals))} {analyte.display_unit}"
+        _reading(analyte, value, alt, reading)
         for alt, reading in alternative_readings(analyte, value, unit)
     ]
-    return text + ("; " + " or ".join(hints) + "?" if hints else "")
+    return text + ("; did you mean " + " or ".join(hints) + "?" if hints else "")
+
+
+def _reading(analyte: Analyte, value: float, unit: str, canonical: float) -> str:
+    """`value` read in `unit`, with its canonical equivalent unless `unit` is the canonical one
+    (else Hb 131 g/dL would earn "131 g/L = 131 g/L")."""
+    reading = f"{_g(value)} {unit}"
+    if unit_key(unit) == unit_key(analyte.unit):
+        return reading
+    return f"{reading} = {_g(round(canonical, analyte.decimals))} {analyte.display_unit}"
 
 
 def message_converted(analyte: Analyte, match: UnitMatch) -> str:
@@ -344,7 +353,7 @@ def validate_record(
     conversions: dict[str, Conversion] = {}
 
     for key, entry in (record.get("analytes") or {}).items():
-        analyte = catalogue.resolve(str(key))
+        analyte = catalogue.as_measured(str(key))
         if analyte is None:
             issues.append(_issue("unknown_field", str(key), f"{key!r} is not a known analyte"))
             continue

@@ -21,6 +21,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from models.analytes import CATALOGUE, Catalogue
+from models.units import unit_key, unit_table
 from training.cohorts.dates import calendar_days, local_times
 
 DEFAULT_TIME_ZONE = "Europe/London"  # the spec's `split.time_zone` default
@@ -58,7 +59,8 @@ def as_of_wide(
     inside = (taken >= index_date - window) & (taken < index_date)
     result_rows, event_rows, taken = result_rows[inside], event_rows[inside], taken[inside]
     chosen_result, chosen_event, chosen_analyte = _latest(result_rows, event_rows, taken, analyte)
-    return _spread(events, results, chosen_result, chosen_event, chosen_analyte, codes)
+    units = _meant_units(results, chosen_result, catalogue)
+    return _spread(events, results, chosen_result, chosen_event, chosen_analyte, codes, units)
 
 
 def _require(frame: pd.DataFrame, columns: Iterable[str], name: str) -> None:
@@ -123,21 +125,53 @@ def _spread(
     event_rows: npt.NDArray[np.int64],
     analyte: npt.NDArray[np.int64],
     codes: list[str],
+    units: pd.Categorical,
 ) -> pd.DataFrame:
-    """The chosen results as `{code}` and `{code}_unit` columns beside the event columns."""
+    """The chosen results as `{code}` and `{code}_unit` columns beside the event columns
+    (`units`: the chosen results' units, `_meant_units`)."""
     values = np.full((len(events), len(codes)), np.nan)
     values[event_rows, analyte] = results["value"].to_numpy(np.float64)[result_rows]
-    units = results["unit"].astype("category")
     unit_codes = np.full((len(events), len(codes)), -1, dtype=np.int64)
-    unit_codes[event_rows, analyte] = units.cat.codes.to_numpy()[result_rows]
+    unit_codes[event_rows, analyte] = units.codes
     columns: dict[str, object] = {}
     for j, code in enumerate(codes):
         columns[code] = values[:, j]
         columns[f"{code}_unit"] = pd.Categorical.from_codes(
-            unit_codes[:, j], categories=units.cat.categories
+            unit_codes[:, j], categories=units.categories
         )
     analytes = pd.DataFrame(columns, index=events.index)
     clashes = [c for c in analytes.columns if c in events.columns]
     if clashes:
         raise ValueError(f"index_events already has analyte columns {clashes}")
     return pd.concat([events, analytes], axis=1)
+
+
+def _meant_units(
+    results: pd.DataFrame, result_rows: npt.NDArray[np.int64], catalogue: Catalogue
+) -> pd.Categorical:
+    """The chosen results' units, each as its own LOINC means it: "mg/dL" under 3094-0 (urea
+    nitrogen) is "mg/dL{BUN}", so a value spread under the analyte code `urea` keeps the factor of
+    the code it was reported with (urea and its nitrogen differ 2.14-fold). A unit that code does
+    not accept is marked so, and validation refuses it rather than reading it as urea's."""
+    units = results["unit"].to_numpy(object)[result_rows]
+    special = {loinc for analyte in catalogue for loinc in analyte.loinc_units}
+    if special:
+        codes = results["code"].to_numpy(object)[result_rows].astype(str)
+        rows = np.flatnonzero(np.isin(codes, sorted(special)))
+        meanings: dict[tuple[str, object], object] = {}
+        for row in rows:
+            pair = (codes[row], units[row])
+            if pair not in meanings:
+                meanings[pair] = _meaning(catalogue, *pair)
+            units[row] = meanings[pair]
+    return pd.Categorical(units)
+
+
+def _meaning(catalogue: Catalogue, loinc: str, unit: object) -> object:
+    if not isinstance(unit, str):
+        return unit
+    measured, analyte = catalogue.as_measured(loinc), catalogue.resolve(loinc)
+    match = unit_table(measured).get(unit_key(unit)) if measured is not None else None
+    if match is None or analyte is None:
+        return f"{unit} (not a unit of LOINC {loinc})"
+    return analyte.unit_meaning(loinc, match.unit)

@@ -104,3 +104,26 @@ def test_patients_without_results_get_an_empty_row() -> None:
 def test_missing_columns_are_named() -> None:
     with pytest.raises(KeyError, match="unit"):
         as_of_wide(results([]).drop(columns="unit"), events(1))
+
+
+def test_urea_nitrogen_keeps_its_own_factor_through_the_as_of_spread() -> None:
+    """BUN (LOINC 3094-0) 14 mg/dL is 14 x 10 / 28.014 = 4.998 mmol/L of urea, not the
+    14 x 10 / 60.06 = 2.33 that urea's own mg/dL would give; a unit BUN does not use is refused."""
+    from models.validation import validate_record
+
+    extract = results(
+        [
+            (1, "2018-06-10 09:00", "3094-0", 14.0, "mg/dL"),  # urea nitrogen, US units
+            (2, "2018-06-10 09:00", "3091-6", 14.0, "mg/dL"),  # urea by mass (2.33 mmol/L)
+            (3, "2018-06-10 09:00", "3094-0", 14.0, "furlongs"),
+        ]
+    )
+    wide = as_of_wide(extract, events(1, 2, 3))
+    read = [
+        validate_record({"age": 60, "sex": "male", "analytes": {"urea": {
+            "value": wide.loc[i, "urea"], "unit": wide.loc[i, "urea_unit"]}}})
+        for i in range(3)
+    ]  # fmt: skip
+    assert read[0].values["urea"] == pytest.approx(14 * 10 / 28.014, rel=1e-3)
+    assert read[1].values["urea"] == pytest.approx(14 * 10 / 60.06, rel=1e-3)
+    assert "urea" not in read[2].values and any(i.code == "unknown_unit" for i in read[2].issues)
