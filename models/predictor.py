@@ -9,13 +9,18 @@ with the bias last), so everything below is family-blind. The API scores
 one record with `score`; replay and the pyfunc score frames with `models.scoring.score_frame`, which
 calls this object's `probability` / `explain_matrix` with the same validation rules, routing and
 model warnings; training and evaluation call `predict` / `explain`. One booster call underneath
-all of them is what makes their outputs identical.
+all of them is what makes their outputs identical. Both paths first require the inputs the model
+never saw missing in training (`models.required`: refused, or derived exactly by `models.derive`);
+their training missing rates are saved in `predictor.json` (`reference.training`). A folder saved
+before they were recorded still loads, with every input optional as it was then (only the
+eligibility's panels and analytes are required), and a warning in the log: retrain to require them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -28,6 +33,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from models.calibration import LogitCalibration
+from models.derive import derivations_for
 from models.explain import Driver, calibrated_contributions, group_by_panel, top_drivers
 from models.features import (
     SEX_CODES,
@@ -37,6 +43,7 @@ from models.features import (
     stack_columns,
     take_rows,
 )
+from models.required import RequiredInputs, eligibility_inputs
 from models.spec import PATHWAYS, ModelSpec
 from models.spline import SplineModel, SplineModelError
 from models.triage import Band, Thresholds, assign_band, assign_bands, recommend
@@ -50,11 +57,13 @@ META_FILE = "predictor.json"
 FORMAT_VERSION = 1
 Model = lgb.Booster | SplineModel
 PATHWAY_CODES = {name: float(i) for i, name in enumerate(PATHWAYS)}
+log = logging.getLogger(__name__)
 
 # Warnings the model adds to the validation's own (they depend on the model, not on the data).
 MODEL_WARNINGS = {
     "analyte_missing": "analytes the model uses were not given; it scores without them",
     "outside_training_range": "a value beyond the 0.01-99.99th percentiles seen in training",
+    "analyte_derived": "a required analyte not given was derived exactly from others",
 }
 
 
@@ -136,6 +145,14 @@ class TriagePredictor:
             for name, stats in self.reference.get("features", {}).items()
             if name in self.catalogue
         }
+        training = self.reference.get("training")
+        self.training_missing: dict[str, float] | None = (
+            None if training is None else dict(training["missing_rate"])
+        )
+        self.eligibility_inputs = eligibility_inputs(spec)
+        # Required because the model (almost) never saw them missing (models.required).
+        self.required = RequiredInputs.of(spec, self.training_missing)
+        self.required_inputs = self.required.codes
 
     @property
     def name(self) -> str:
@@ -238,16 +255,18 @@ class TriagePredictor:
         validation = validate_record(
             record, catalogue=self.catalogue, eligibility=self.spec.eligibility
         )
-        if not validation.eligible:
-            return Score(eligible=False, issues=validation.issues, validation=validation)
-        x = self.feature_row(validation.values, validation.age, validation.sex, pathway)
+        completed = self.required.complete_record(validation)
+        values, issues = completed.values, validation.issues + completed.issues
+        if not validation.eligible or any(i.severity == "error" for i in completed.issues):
+            return Score(eligible=False, issues=issues, validation=validation)
+        x = self.feature_row(values, validation.age, validation.sex, pathway)
         probability = float(self.probability(x)[0])
         band = assign_band(probability, self.thresholds)
-        issues = validation.issues + self._model_warnings(validation.values)
+        issues += self._model_warnings(values)
         result = Score(
             eligible=True,
             issues=issues,
-            values=validation.values,
+            values=values,
             probability=probability,
             band=band,
             recommendation=recommend(band, self.spec),
@@ -258,26 +277,33 @@ class TriagePredictor:
         base, contributions = self.explain_matrix(x)
         named = dict(zip(self.feature_names, (float(c) for c in contributions[0]), strict=True))
         shown: dict[str, float | str | None] = {
-            **validation.values,
+            **values,
             **{n: float(x[0, i]) for i, n in enumerate(self.feature_names) if n in self.derived},
             "age": validation.age,
             "sex": validation.sex,
             "pathway": pathway,
         }
+        drivers = top_drivers(
+            self.feature_names,
+            shown,
+            contributions[0],
+            self.catalogue,
+            sex=validation.sex,
+            age=validation.age,
+            derived=self.derived,
+        )
+        derived = completed.derived
         return replace(
             result,
             base=float(base[0]),
             contributions=named,
             groups=group_by_panel(named, self.catalogue, self.derived),
-            drivers=top_drivers(
-                self.feature_names,
-                shown,
-                contributions[0],
-                self.catalogue,
-                sex=validation.sex,
-                age=validation.age,
-                derived=self.derived,
-            ),
+            drivers=[
+                replace(d, text=f"{d.text} (derived: {derived[d.feature].derivation.formula})")
+                if d.feature in derived
+                else d
+                for d in drivers
+            ],
         )
 
     def _model_warnings(self, values: Mapping[str, float]) -> tuple[Issue, ...]:
@@ -310,8 +336,57 @@ class TriagePredictor:
 
     # --- artifact -------------------------------------------------------------------------------
 
+    def is_required(self, code: str) -> bool:
+        """Whether a record must carry `code` (given, or derived where `models.derive` can)."""
+        return code in self.eligibility_inputs or code in self.required_inputs
+
+    def describe_input(self, code: str) -> dict[str, Any]:
+        """One input for clients: units, limits, whether it is required and why, its missing
+        rate in training (None when unknown) and how it can be derived."""
+        a = self.catalogue[code]
+        derivations = derivations_for(code) if code in self.required_inputs else ()
+        rate = None if self.training_missing is None else self.training_missing.get(code)
+        return {
+            "code": a.code,
+            "name": a.name,
+            "loinc": a.loinc,
+            "unit": a.unit,
+            "accepted_units": list(a.units),
+            "limits": a.limits.model_dump(),
+            "panel": a.panel,
+            "required": self.is_required(code),
+            "required_by": (
+                "eligibility"
+                if code in self.eligibility_inputs
+                else "training"
+                if code in self.required_inputs
+                else None
+            ),
+            "training_missing_rate": rate,
+            "derivable_from": list(derivations[0].inputs) if derivations else None,
+            "derivations": [d.to_dict() for d in derivations],
+        }
+
+    def describe_panels(self) -> dict[str, dict[str, Any]]:
+        """Per panel of the model's inputs: whether the eligibility requires it, and which of its
+        inputs are required and which optional."""
+        panels: dict[str, dict[str, Any]] = {}
+        for code in self.spec.features.analytes:
+            panel = self.catalogue[code].panel
+            entry = panels.setdefault(
+                panel,
+                {
+                    "required_panel": panel in self.spec.eligibility.required_panels,
+                    "required": [],
+                    "optional": [],
+                },
+            )
+            entry["required" if self.is_required(code) else "optional"].append(code)
+        return panels
+
     def describe(self) -> dict[str, Any]:
-        """What a client needs to know: inputs, units, limits, thresholds, intended use."""
+        """What a client needs to know: inputs (required or not, and why), units, limits,
+        thresholds, intended use, the look-back window for results taken from a FHIR bundle."""
         spec = self.spec
         return {
             "name": spec.name,
@@ -320,23 +395,22 @@ class TriagePredictor:
             "population": spec.population,
             "not_for": list(spec.not_for),
             "features": list(self.feature_names),
-            "inputs": [
-                {
-                    "code": a.code,
-                    "name": a.name,
-                    "loinc": a.loinc,
-                    "unit": a.unit,
-                    "accepted_units": list(a.units),
-                    "limits": a.limits.model_dump(),
-                    "required": a.code in spec.eligibility.required_analytes,
-                }
-                for a in (self.catalogue[c] for c in spec.features.analytes)
-            ],
+            "inputs": [self.describe_input(c) for c in spec.features.analytes],
+            "required_inputs": [c for c in spec.features.analytes if self.is_required(c)],
+            "panels": self.describe_panels(),
+            "required_below_missing": spec.features.required_below_missing,
+            "training_missing_known": self.training_missing is not None,
+            "lookback_days": spec.features.lookback_days,
             "eligibility": spec.eligibility.model_dump(mode="json"),
             "thresholds": self.thresholds.to_dict(),
             "family": self.family,
             "calibration": self.calibration.to_dict(),
             "catalogue_version": self.catalogue.version,
+            "outcome": {
+                "name": spec.outcome.column,
+                "definition": spec.outcome.definition,
+                "horizon_days": spec.outcome.horizon_days,
+            },
         }
 
     def save(self, folder: str | Path) -> Path:
@@ -396,6 +470,13 @@ class TriagePredictor:
                 booster = lgb.Booster(model_file=str(booster_path))
         except (lgb.basic.LightGBMError, SplineModelError) as error:
             raise ArtifactError(f"{booster_path}: not a {family} model ({error})") from None
+        if "training" not in (meta.get("reference") or {}):
+            log.warning(
+                "%s: saved before training missing rates were recorded; every input is "
+                "treated as optional (only the eligibility's are required): retrain to require "
+                "the inputs the model never saw missing",
+                meta_path,
+            )
         return cls(
             spec=spec,
             booster=booster,

@@ -7,6 +7,10 @@ issue-15 world, the 0.01th/99.99th 0.5%: a warning that fires for ordinary patie
 nothing). The same is kept for the score distribution. They come from out-of-sample rows (the
 calibration period); for a case-control sample, with row weights that put it on the population
 scale (1 for cases, 1/r_s for controls), so shares and quantiles are the population's.
+
+Apart from those, `training_missing` records each input's missing rate in the training rows (the
+rows the model was fitted on), stored as the reference's `training` entry: what decides which
+inputs the model may see absent at scoring.
 """
 
 from __future__ import annotations
@@ -116,4 +120,17 @@ def reference_statistics(
         },
         "score": describe(np.asarray(probability, dtype=np.float64), weights=w),
         "weighted": w is not None,
+    }
+
+
+def training_missing(frames: Sequence[pd.DataFrame]) -> dict[str, Any]:
+    """Each model input's missing rate over the rows the model was fitted on (the frames
+    together, unweighted: what the model saw, not the population). Inputs that are (almost)
+    never missing here are required at scoring (`TriagePredictor.required_inputs`)."""
+    rows = sum(len(f) for f in frames)
+    columns = list(frames[0].columns) if frames else []
+    missing = {c: sum(int(f[c].isna().sum()) for f in frames) for c in columns}
+    return {
+        "rows": rows,
+        "missing_rate": {c: (missing[c] / rows if rows else float("nan")) for c in columns},
     }

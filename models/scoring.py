@@ -137,6 +137,10 @@ def score_frame(
     n = len(frame)
     with timed(timings, "validate"):
         checked, refused_rows, refused_labels = validate_rows(predictor, frame)
+        # Required inputs (models.required): derived in place where exact, else the row refused.
+        completion = predictor.required.complete_frame(checked.values, checked.issues)
+        refused_rows = np.concatenate([refused_rows, completion.refused_rows])
+        refused_labels = np.concatenate([refused_labels, completion.refused_labels])
         eligible = checked.eligible.copy()
         eligible[refused_rows] = False
         rows = np.flatnonzero(eligible).astype(np.int64)
@@ -160,6 +164,8 @@ def score_frame(
         )
         found = pd.Categorical(issues["code"][~errors], categories=list(WARNING_CODES)).codes
         pairs = [(positions[~errors], found.astype(np.int64))]
+        derived = completion.derived_rows
+        pairs.append((derived, np.full(len(derived), WARNING_CODES.index("analyte_derived"))))
         for warned, code in model_warning_rows(predictor, checked.values, eligible):
             pairs.append((warned, np.full(len(warned), WARNING_CODES.index(code), np.int64)))
     scores = FrameScores(

@@ -202,12 +202,28 @@ class Outcome(_Frozen):
 class Features(_Frozen):
     """Model inputs: analytes, derived features (a built-in by name, or the spec's own
     `{name, title?, ratio | difference | product | log}`, see models.features), demographics
-    and context."""
+    and context; which analytes are required at scoring (`required_below_missing`, see
+    models.required) and how far back a FHIR bundle's results may date (`lookback_days`)."""
 
     analytes: tuple[str, ...] = Field(min_length=1)
     derived: tuple[DerivedEntry, ...] = ()
     demographics: tuple[Literal["age", "sex"], ...] = DEMOGRAPHICS  # type: ignore[assignment]
     context: tuple[Literal["pathway"], ...] = ()
+    required_below_missing: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="an analyte missing in under this share of the training rows is required at "
+        "scoring (refused as missing_required_analyte unless models.derive fills it): a model's "
+        "answer for an absence it (almost) never saw is arbitrary; 0 makes none required",
+    )
+    lookback_days: int = Field(
+        default=90,
+        gt=0,
+        description="as-of look-back window (days) for results taken from a FHIR bundle: an "
+        "Observation older than this before the reference date is ignored (replay's "
+        "window_days default)",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> Features:

@@ -26,7 +26,7 @@ from models.columns import map_columns
 from models.features import SEX_CODES
 from models.frame_validation import validate_frame
 from models.predictor import TriagePredictor, spec_feature_frame
-from models.reference import reference_statistics
+from models.reference import reference_statistics, training_missing
 from models.spec import ModelSpec
 from models.triage import Thresholds
 from training.cohorts.dates import implied_precision, tied_share
@@ -311,9 +311,12 @@ def rule_out_levels(spec: ModelSpec, x: pd.DataFrame) -> dict[str, np.ndarray]:
 def build_predictor(
     fitted: Fitted, spec: ModelSpec, x_cal: pd.DataFrame, y_cal: np.ndarray, groups: np.ndarray,
     seed: int, num_threads: int, metadata: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
 ) -> tuple[TriagePredictor, dict[str, dict[str, Any]]]:  # fmt: skip
     """A family's predictor with its own thresholds and reference statistics, both from the
-    calibration period (out of sample; population-weighted for a case-control sample)."""
+    calibration period (out of sample; population-weighted for a case-control sample), and
+    `training`: its inputs' missing rates in the training rows (`training_missing`), which make
+    the inputs it never saw missing required at scoring."""
     untuned = TriagePredictor(
         spec=spec, booster=fitted.model, calibration=fitted.calibration,
         thresholds=Thresholds(None, None), num_threads=num_threads,
@@ -322,10 +325,12 @@ def build_predictor(
     weights = sample_weights(fitted.calibration, x_cal, y_cal)
     within = rule_out_levels(spec, x_cal)
     thresholds, choices = choose_thresholds(y_cal, p_cal, spec, groups, weights, seed, within)
+    reference = reference_statistics(x_cal, p_cal, weights)
+    if training is not None:
+        reference["training"] = training
     predictor = TriagePredictor(
         spec=spec, booster=fitted.model, calibration=fitted.calibration, thresholds=thresholds,
-        reference=reference_statistics(x_cal, p_cal, weights), metadata=metadata,
-        num_threads=num_threads,
+        reference=reference, metadata=metadata, num_threads=num_threads,
     )  # fmt: skip
     return predictor, choices
 
@@ -382,8 +387,9 @@ def train_model(spec: ModelSpec, options: TrainOptions) -> TrainResult:
         "events": {k: int(v.sum()) for k, v in y.items()},
     }
     cal = (x["calibrate"], y["calibrate"], groups["calibrate"], seed, options.num_threads)
-    predictor, choices = build_predictor(chosen, spec, *cal, metadata=provenance)
-    comparator, comparator_choices = build_predictor(other, spec, *cal)
+    seen = training_missing([x["train"], x["stop"]])  # the training period: fit + early stopping
+    predictor, choices = build_predictor(chosen, spec, *cal, metadata=provenance, training=seen)
+    comparator, comparator_choices = build_predictor(other, spec, *cal, training=seen)
     provenance["thresholds"] = choices
 
     p_eval = predictor.probability(x["evaluate"])

@@ -13,6 +13,7 @@ import pandas as pd
 
 from models.analytes import CATALOGUE, Analyte
 from models.calibration import expit, logit
+from models.derive import ckd_epi_2021  # one implementation: the scorer derives eGFR with it
 from models.features import (
     CALCIUM_ALBUMIN_COEFFICIENT,
     CALCIUM_ALBUMIN_REFERENCE_G_PER_L,
@@ -155,16 +156,6 @@ def _red_cells(hb_target: FloatArray, mcv: FloatArray, mchc: FloatArray) -> dict
         "haemoglobin": round_as_reported("haemoglobin", hct * mchc),
         "mch": round_as_reported("mch", mcv * mchc / 1000.0),
     }
-
-
-def ckd_epi_2021(creatinine: FloatArray, age: FloatArray, male: BoolArray) -> FloatArray:
-    """eGFR (mL/min/1.73 m2), CKD-EPI 2021 (no race term), from creatinine in umol/L."""
-    scr = creatinine / 88.4  # mg/dL
-    kappa = np.where(male, 0.9, 0.7)
-    alpha = np.where(male, -0.302, -0.241)
-    ratio = scr / kappa
-    egfr = 142.0 * np.minimum(ratio, 1.0) ** alpha * np.maximum(ratio, 1.0) ** -1.2
-    return np.asarray(egfr * 0.9938**age * np.where(male, 1.0, 1.012))
 
 
 def adjusted_to_total(adjusted: FloatArray, albumin: FloatArray) -> FloatArray:
