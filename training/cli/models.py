@@ -1,9 +1,9 @@
-"""Commands about models: train, compare, promote, report, list, release, serve, audit export."""
+"""Commands about models: train, compare, promote, report, list, release, serve (the audit
+commands: `training.cli.audit`)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -329,13 +329,23 @@ def list_models(workdir: WorkdirOption = WORKDIR, tracking_uri: TrackingUriOptio
 
 
 @app.command()
-def release(workdir: WorkdirOption = WORKDIR, tracking_uri: TrackingUriOption = None) -> None:
-    """Copy every champion from the MLflow registry into the BentoML store for serving."""
+def release(
+    workdir: WorkdirOption = WORKDIR,
+    tracking_uri: TrackingUriOption = None,
+    pin: Annotated[
+        list[str] | None,
+        typer.Option("--pin", help="also release NAME/VERSION or NAME@ALIAS, for requests that "
+                     "pin a version (repeatable)"),
+    ] = None,
+) -> None:  # fmt: skip
+    """Copy every champion (and any version named with --pin) from the MLflow registry into the
+    BentoML store for serving."""
     use_bentoml_store(workdir)
     from serving.release import release_champions
 
     tracking = _tracking(workdir, tracking_uri)
-    released = release_champions(tracking.uri, registry_uri=tracking.registry_uri)
+    released = release_champions(tracking.uri, registry_uri=tracking.registry_uri,
+                                 extra=pin or ())  # fmt: skip
     versions = ", ".join(f"{n} v{m['version']}" for n, m in released["models"].items())
     make_console().print(f"released {released['tag']}: {versions}")
 
@@ -371,28 +381,7 @@ def serve(
         raise typer.Exit(code=3) from None
     except LookupError as error:  # start anyway: /readyz stays failing and says why
         make_console().print(f"[yellow]{error}; the server will not become ready[/yellow]")
-    raise typer.Exit(code=subprocess.call(serve_command(host, port, env), env=env))
+    from serving.server import run_foreground
 
-
-audit_app = typer.Typer(help="The audit trail of scored requests.", no_args_is_help=True)
-app.add_typer(audit_app, name="audit")
-
-
-@audit_app.command("export")
-def audit_export(
-    out: Annotated[
-        Path | None, typer.Option(help="Parquet file to write (default: WORKDIR/audit.parquet)")
-    ] = None,
-    workdir: WorkdirOption = WORKDIR,
-) -> None:
-    """Write the audit trail (pseudonymised) to Parquet."""
-    from serving.audit import AuditStore
-    from serving.config import ServingConfig
-
-    out = out or workdir / "audit.parquet"
-
-    env = {**os.environ, "TRIAGE_HOME": str(workdir)}
-    store = AuditStore(ServingConfig.from_env(env).audit_url)
-    rows = store.export_parquet(out)
-    problems = store.integrity_problems()
-    make_console().print(f"{rows:,} audit rows -> {out}; integrity: {problems or 'ok'}")
+    # Stops gracefully on SIGTERM/SIGINT: in-flight requests finish, every worker ends, exit 0.
+    raise typer.Exit(code=run_foreground(serve_command(host, port, env), env))
