@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from models.analytes import CATALOGUE
 from serving.audit import AuditStore
 from serving.config import ServingConfig
 from serving.examples import EXAMPLE_PATIENT, fhir_bundle
@@ -30,9 +31,10 @@ def client(asgi_app: Any, serving_env: Path) -> Iterator[TestClient]:
 
 
 def _request(row: pd.Series, model: str) -> dict[str, Any]:
-    """An API request for one cohort row (canonical units; Hb in its reported unit)."""
+    """An API request for one cohort row: every result it has (canonical units; Hb in its
+    reported unit), as the models require each input they never saw missing."""
     analytes = {}
-    for code in (c for c in row.index if c in FBC_RENAL or c in ("mcv", "crp", "albumin", "alp")):
+    for code in (c for c in row.index if c in CATALOGUE):
         if pd.notna(row[code]):
             unit = row.get("haemoglobin_unit") if code == "haemoglobin" else None
             analytes[code] = {"value": float(row[code]), "unit": unit}
@@ -113,7 +115,9 @@ def _with(**analytes: Any) -> dict[str, Any]:
         ({**EXAMPLE_PATIENT, "age": 16}, 422, "age_out_of_range", "age"),
         ({**EXAMPLE_PATIENT, "sex": "unknown"}, 422, "invalid_sex", "sex"),
         ({**EXAMPLE_PATIENT, "colour": "red"}, 422, "extra_forbidden", "colour"),
-        ({**EXAMPLE_PATIENT, "age": "old"}, 422, "float_parsing", "age"),
+        ({**EXAMPLE_PATIENT, "age": "old"}, 422, "float_type", "age"),
+        ({**EXAMPLE_PATIENT, "age": True}, 422, "float_type", "age"),
+        (_with(crp={"value": True, "unit": "mg/L"}), 422, "float_type", "analytes.crp.value"),
         ({**EXAMPLE_PATIENT, "model": "pancreas"}, 404, None, None),
         ({**EXAMPLE_PATIENT, "pathway": "brain"}, 422, "invalid_pathway", "pathway"),
     ],
@@ -208,7 +212,7 @@ def test_fhir_errors_are_operation_outcomes(client: TestClient) -> None:
     outcome = response.json()
     assert outcome["resourceType"] == "OperationOutcome"
     codes = [i["details"]["coding"][0]["code"] for i in outcome["issue"]]
-    assert "invalid_sex" in codes
+    assert "unsupported_sex" in codes
     broken = client.post("/v1/fhir/score", json={"resourceType": "Bundle", "type": "nonsense"})
     assert broken.status_code == 422
 
@@ -221,31 +225,37 @@ def test_discovery_lists_each_model(client: TestClient) -> None:
     assert set(models["lower_gi"]["thresholds"]) >= {"rule_out", "rule_in"}, "None: not set"
 
 
-def test_audit_rows_equal_successful_responses(asgi_app: Any, serving_env: Path) -> None:
+def test_audit_rows_equal_answered_requests(asgi_app: Any, serving_env: Path) -> None:
+    """One row per scored patient and one per refused patient (a clinical decision point too,
+    with its reason codes and no score); none for a request that never reached a model."""
     config = current_config()
-    successes = 0
+    scored = refused = 0
     with TestClient(asgi_app) as client:
         requests = [EXAMPLE_PATIENT, _with(haemoglobin={"value": 9.8, "unit": "g/L"}),
                     {**EXAMPLE_PATIENT, "patient_reference": "NHS-943-476-5919"}]  # fmt: skip
         for request in requests:
-            successes += client.post("/v1/score", json=request).status_code == 200
+            status = client.post("/v1/score", json=request).status_code
+            scored, refused = scored + (status == 200), refused + (status == 422)
         batch = client.post("/v1/score/batch", json={"patients": requests}).json()
-        successes += sum(r["status"] == "scored" for r in batch["results"])
-        successes += (
-            client.post(
-                "/v1/fhir/score", json=fhir_bundle(), params={"model": "lower_gi"}
-            ).status_code
-            == 200
-        )
-    store = AuditStore(config.audit_url)
-    assert store.count() == successes == 5, "one audit row per scored patient, none for refusals"
+        scored += sum(r["status"] == "scored" for r in batch["results"])
+        refused += sum(r["status"] == "refused" for r in batch["results"])
+        fhir = client.post("/v1/fhir/score", json=fhir_bundle(), params={"model": "lower_gi"})
+        scored += fhir.status_code == 200
+        assert client.post("/v1/score", content=b"{", headers={"content-type": "application/json"}
+                           ).status_code == 400, "not audited: no patient was read"  # fmt: skip
+    store = AuditStore(config.audit_url, config.hmac_key.get_secret_value())
     rows = list(store.rows())
-    assert all(r["checksum"] for r in rows) and store.integrity_problems() == []
+    assert (scored, refused) == (5, 2)
+    assert sum(r["outcome"] == "scored" for r in rows) == scored
+    refusals = [r for r in rows if r["outcome"] == "refused"]
+    assert len(refusals) == refused and all(r["probability"] is None for r in refusals)
+    assert all("out_of_limits" in r["reason_codes"] for r in refusals), "with its reasons"
+    assert store.verify().ok and store.integrity_problems() == []
     pseudonyms = {r["patient_pseudonym"] for r in rows}
     assert "NHS-943-476-5919" not in str(rows), "the raw reference is never stored"
     assert any(p and len(p) == 64 for p in pseudonyms), "a keyed HMAC is stored instead"
     exported = store.export_parquet(serving_env / "audit.parquet")
-    assert exported == 5 and len(pd.read_parquet(serving_env / "audit.parquet")) == 5
+    assert exported == 7 and len(pd.read_parquet(serving_env / "audit.parquet")) == 7
 
 
 def test_api_keys_are_required_when_configured(
@@ -271,7 +281,24 @@ def test_openapi_documents_every_route_and_error(client: TestClient) -> None:
     for path in ("/v1/score", "/v1/score/batch", "/v1/fhir/score", "/v1/models"):
         assert path in spec["paths"], f"{path} is documented"
     responses = spec["paths"]["/v1/score"]["post"]["responses"]
-    assert {"200", "400", "401", "404", "413", "422"} <= set(responses)
+    assert {"200", "400", "401", "404", "409", "413", "415", "422", "429", "504"} <= set(responses)
+    from serving.api import package_version
+
+    assert spec["info"]["title"] == "Cancer triage API"
+    assert spec["info"]["version"] == package_version() != "None"
+    assert "request_id_reused" in spec["info"]["description"], "the error codes are documented"
+    assert set(spec["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    for path in (
+        "/v1/fhir/score",
+        "/v1/fhir/metadata",
+        "/v1/cds-services",
+        "/v1/result/{request_id}",
+    ):
+        for operation in spec["paths"][path].values():
+            assert "504" in operation["responses"], f"{path}: every route may time out"
+    assert spec["paths"]["/livez"]["get"]["security"] == [], "probes need no key"
+    body = spec["paths"]["/v1/fhir/score"]["post"]["requestBody"]["content"]
+    assert "application/fhir+json" in body, "the FHIR body is typed"
 
 
 def test_predictor_parity_on_numpy_level(released: Released) -> None:
