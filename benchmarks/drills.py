@@ -230,7 +230,14 @@ async def run_load(
 
 
 def audit_store(env: dict[str, str]) -> AuditStore:
-    return AuditStore(ServingConfig.from_env(env).audit_url)
+    """The server's audit store, opened with its key (so the chain's MACs are checked too)."""
+    config = ServingConfig.from_env(env)
+    return AuditStore(config.audit_url, config.hmac_key.get_secret_value())
+
+
+def scored_rows(store: AuditStore) -> int:
+    """Audit rows of scored patients (refusals have rows of their own)."""
+    return sum(row["outcome"] == "scored" for row in store.rows())
 
 
 def load_drill(
@@ -251,11 +258,11 @@ def load_drill(
         ready = server.start()
         store = audit_store(env)
         warm = asyncio.run(run_load(server.url, headers, clients, max(5.0, seconds / 3)))
-        before_rows = store.count()
+        before_rows = scored_rows(store)
         rss_before = worker_rss_mb(server)
         result = asyncio.run(run_load(server.url, headers, clients, seconds))
         rss_after = worker_rss_mb(server)
-        rows = store.count() - before_rows
+        rows = scored_rows(store) - before_rows
     finally:
         server.stop()
     # Per worker (same PID before and after); a worker that restarted would show as missing.
