@@ -49,10 +49,8 @@ USAGE = "Needs the prefetched Patient and laboratory Observations; it never quer
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 INDICATOR = {"green": "info", "amber": "warning", "red": "critical"}
 # Refusal codes (models.validation, serving.fhir) that mean "not there" / "not this patient".
-MISSING_DATA = frozenset(
-    "missing_required_panel missing_required_analyte missing_birth_date missing_sex "
-    "missing_pathway".split()
-)
+_ABSENT = ("missing_required_panel", "missing_required_analyte", "missing_birth_date")
+MISSING_DATA = frozenset((*_ABSENT, "missing_sex", "missing_pathway"))
 NOT_FOR_PATIENT = frozenset(
     {"age_out_of_range", "invalid_sex", "unsupported_sex", "outside_population"}
 )

@@ -150,7 +150,7 @@ async def score(service: Service, body: ScoreRequest, request: Request) -> Respo
 
     return await service.answer(
         request_id=request_id, keyed=keyed,
-        fingerprint=fingerprint("score", body.model_dump(mode="json")),
+        fingerprint=fingerprint("score", lambda: body.model_dump(mode="json")),
         work=work, error=error,
     )  # fmt: skip
 
@@ -214,7 +214,7 @@ async def score_batch(service: Service, body: BatchRequest, request: Request) ->
 
     return await service.answer(
         request_id=request_id, keyed=keyed,
-        fingerprint=fingerprint("score/batch", body.model_dump(mode="json")),
+        fingerprint=fingerprint("score/batch", lambda: body.model_dump(mode="json")),
         work=work, error=error,
     )  # fmt: skip
 

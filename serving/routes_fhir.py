@@ -174,7 +174,7 @@ async def fhir_score(
 
     return await service.answer(
         request_id=request_id, keyed=keyed,
-        fingerprint=fingerprint("fhir/score", [data, query]), work=work, error=fhir_failure,
+        fingerprint=fingerprint("fhir/score", lambda: [data, query]), work=work, error=fhir_failure,
     )  # fmt: skip
 
 
@@ -275,6 +275,6 @@ async def cds_service(
 
     return await service.answer(
         request_id=request_id, keyed=True,
-        fingerprint=fingerprint(f"cds/{service_id}", body),
+        fingerprint=fingerprint(f"cds/{service_id}", lambda: body),
         work=work, error=lambda f: Answer(f.status, json_bytes(f.body(request_id))),
     )  # fmt: skip

@@ -10,7 +10,10 @@ order, and BentoML's service definition (`bentoml serve serving.service:Triage`)
 
 from __future__ import annotations
 
+from typing import Any
+
 import bentoml
+from starlette.types import ASGIApp
 
 from serving import routes, routes_fhir  # noqa: F401 (the routes register themselves on `app`)
 from serving.api import app
@@ -24,7 +27,28 @@ from serving.middleware import (
 from serving.openapi import OpenApiDocument
 from serving.triage import TriageService
 
+
+class NoTracing:
+    """Stands in for OpenTelemetry's ASGI middleware, which BentoML wraps around every app: it
+    starts a span and wraps every `send` of every request although no tracer exports anything
+    here (~10% of a worker's CPU under load, py-spy on `bench_serve`). No trace leaves this
+    service, so the middleware is the app itself."""
+
+    def __new__(cls, app: ASGIApp, **_: Any) -> ASGIApp:  # type: ignore[misc]
+        return app
+
+
+def install_without_tracing() -> None:
+    """Have BentoML build its apps with `NoTracing` in place of `OpenTelemetryMiddleware` (it
+    imports the class from that module attribute as it builds an app, so this must run before
+    `to_asgi()`; a test checks the app BentoML builds)."""
+    import opentelemetry.instrumentation.asgi as otel
+
+    otel.OpenTelemetryMiddleware = NoTracing  # type: ignore[misc,assignment]
+
+
 install_request_deadline()
+install_without_tracing()
 # Innermost first: the key is checked, then the per-key limit, and only then is a body read.
 app.add_middleware(BodySizeLimit)
 app.add_middleware(RateLimit)

@@ -71,11 +71,17 @@ def _metrics() -> dict[str, Any]:
     }
 
 
-def fingerprint(endpoint: str, payload: Any) -> str:
-    """The request's identity for idempotency: its parsed, canonical form (not its raw bytes, so
-    key order and whitespace do not matter), with the endpoint and query parameters."""
-    text = json.dumps([endpoint, payload], sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+def fingerprint(endpoint: str, payload: Callable[[], Any]) -> Callable[[], str]:
+    """The request's identity for idempotency, computed only for a client-chosen id: its parsed,
+    canonical form (not its raw bytes, so key order and whitespace do not matter), with the
+    endpoint and query parameters."""
+
+    def digest() -> str:
+        text = json.dumps([endpoint, payload()], sort_keys=True, separators=(",", ":"),
+                          default=str)  # fmt: skip
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    return digest
 
 
 def sample_date_issues(sample_date: date | None, lookback_days: int) -> list[Issue]:
@@ -188,7 +194,7 @@ class TriageService:
         *,
         request_id: str,
         keyed: bool,
-        fingerprint: str,
+        fingerprint: Callable[[], str],
         work: Callable[[], Answer],
         error: Callable[[ApiError], Answer],
     ) -> Response:
@@ -203,7 +209,7 @@ class TriageService:
 
         async def claimed() -> Response | None:
             """None when this request now owns the id; else the answer a retry gets."""
-            claim = await self.audit.claim_async(request_id, fingerprint)
+            claim = await self.audit.claim_async(request_id, fingerprint())
             if claim.kind == "new":
                 return None
             if claim.kind == "replay":

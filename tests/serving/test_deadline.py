@@ -73,6 +73,21 @@ def test_bentoml_builds_the_app_with_the_request_deadline(asgi_app: Any) -> None
     assert bentoml_timeout_middleware() not in classes
 
 
+def test_bentoml_builds_the_app_without_tracing(asgi_app: Any) -> None:
+    """No OpenTelemetry middleware (no trace leaves the service; it cost ~10% of a worker's CPU):
+    when BentoML moves its import, this fails rather than the cost silently coming back."""
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    from serving.service import NoTracing
+
+    assert OpenTelemetryMiddleware is NoTracing
+    stack, seen = asgi_app.build_middleware_stack(), []
+    while stack is not None and len(seen) < 50:
+        seen.append(type(stack).__name__)
+        stack = getattr(stack, "app", None)
+    assert "OpenTelemetryMiddleware" not in seen and "RequestDeadline" in seen, seen
+
+
 def test_request_context_released_when_the_request_ends() -> None:
     assert request_context_released(RequestDeadline)
     # BentoML 1.4's own keeps it until its uncancelled timer fires: when this starts failing,

@@ -135,16 +135,17 @@ def test_one_bad_request_in_a_group_fails_alone(tmp_path: Any) -> None:
     """The writer is held on SQLite's write lock while ten requests queue, one of them with a
     taken id; the group fails, is retried one request at a time, and only the bad one fails."""
     url = f"sqlite:///{tmp_path / 'audit.db'}"
-    store = AuditStore(url, HMAC_KEY)
+    store = AuditStore(url, HMAC_KEY, group_commit=True)  # SQLite's default writes in the caller
     store.commit([scored("taken")])
     blocker = sa.create_engine(url).raw_connection()
     blocker.execute("BEGIN IMMEDIATE")  # type: ignore[attr-defined]
-    futures = [store._submit([scored("first")], None, 200, "application/json", b"")]
+
+    def submit(request_id: str) -> Any:
+        return store._writer.submit(store._job([scored(request_id)], None, 200, "x", b""))
+
+    futures = [submit("first")]
     time.sleep(0.2)  # the writer is now waiting on the lock with "first"
-    futures += [
-        store._submit([scored("taken" if n == 5 else f"g{n}")], None, 200, "x", b"")
-        for n in range(10)
-    ]
+    futures += [submit("taken" if n == 5 else f"g{n}") for n in range(10)]
     blocker.rollback()
     errors = [future.exception(timeout=30) for future in futures]
     assert [n for n, e in enumerate(errors) if e is not None] == [6], errors
