@@ -5,23 +5,29 @@ temporary work folder, starts `bentoml serve` (one worker per core) and prints:
 - startup to ready (s) and resident memory per worker (MB);
 - sequential single-patient score + explain latency, p50 and p99 (ms);
 - throughput with explanations at 8 concurrent clients (requests/s), and errors;
+- the same three figures with the PostgreSQL audit store (the configuration for several servers),
+  when a server is given (`--postgres-url`, default `TRIAGE_TEST_POSTGRES_URL`; `.ci/postgres.sh`
+  starts one on loopback): the audit tables go to a fresh database, dropped afterwards;
 - in the same run, `mlflow models serve` predict-only latency for the same champion (p50, p99).
 Both servers are measured with the same raw-socket keep-alive client (`benchmarks/drills.py`), so
 the figures are the servers' and not an HTTP library's. Every loop is bounded in count and time;
 all traffic stays on 127.0.0.1; the servers this script starts are stopped by PID.
-Run: `.venv/bin/python benchmarks/bench_serve.py [--requests 1000] [--seconds 20]`.
+Run: `.venv/bin/python benchmarks/bench_serve.py [--requests 1000] [--seconds 20]`, or with
+PostgreSQL: `source .ci/postgres.sh && .venv/bin/python benchmarks/bench_serve.py; stop_postgres`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,34 +94,66 @@ def mlflow_row() -> dict[str, object]:
     return row
 
 
+@contextlib.contextmanager
+def fresh_database(url: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server of `url` (dropped afterwards)."""
+    import sqlalchemy as sa
+
+    name = f"bench_serve_{os.getpid()}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield str(sa.engine.make_url(url).set(database=name))
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
+def measure(env: dict[str, str], label: str, args: argparse.Namespace) -> float:
+    """Start a server with `env`, measure sequential latency and throughput, print, stop it;
+    the sequential p50 (ms)."""
+    server = Server(env)
+    try:
+        ready = server.start(timeout=120)
+        request = http_request("POST", "/v1/score", EXAMPLE_PATIENT)
+        timings = sequential(server.port, request, args.requests, args.seconds)
+        p50, p99 = percentiles(timings)
+        done, errors = asyncio.run(saturate(server.port, request, 8, args.seconds))
+        rss = sorted(worker_rss_mb(server).values())
+    finally:
+        server.stop()
+    print(f"[{label}] triage API startup to ready: {ready:.2f} s")
+    print(f"[{label}] resident memory per process (MB): {', '.join(f'{r:.0f}' for r in rss)}")
+    print(f"[{label}] score+explain, sequential ({len(timings)} requests): p50 {p50:.2f} ms, "
+          f"p99 {p99:.2f} ms")  # fmt: skip
+    print(f"[{label}] score+explain, 8 concurrent clients, {args.seconds:.0f} s: "
+          f"{done / args.seconds:.0f} requests/s, {errors} errors")  # fmt: skip
+    return p50
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cohort", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--postgres-url", default=os.environ.get("TRIAGE_TEST_POSTGRES_URL"))
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; client and server share them")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         env = {**os.environ, **prepare(work, args.cohort)}
+        env.pop("TRIAGE_AUDIT_URL", None)
         # `mlflow models serve` runs `uvicorn` by name: the venv's bin must be on PATH.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        server = Server(env)
-        try:
-            ready = server.start(timeout=120)
-            request = http_request("POST", "/v1/score", EXAMPLE_PATIENT)
-            timings = sequential(server.port, request, args.requests, args.seconds)
-            p50, p99 = percentiles(timings)
-            done, errors = asyncio.run(saturate(server.port, request, 8, args.seconds))
-            rss = sorted(worker_rss_mb(server).values())
-        finally:
-            server.stop()
-        print(f"triage API startup to ready: {ready:.2f} s")
-        print(f"resident memory per process (MB): {', '.join(f'{r:.0f}' for r in rss)}")
-        print(f"score+explain, sequential ({len(timings)} requests): p50 {p50:.2f} ms, "
-              f"p99 {p99:.2f} ms")  # fmt: skip
-        print(f"score+explain, 8 concurrent clients, {args.seconds:.0f} s: "
-              f"{done / args.seconds:.0f} requests/s, {errors} errors")  # fmt: skip
+        p50 = measure(env, "SQLite audit", args)
+        if args.postgres_url:
+            with fresh_database(args.postgres_url) as url:
+                measure({**env, "TRIAGE_AUDIT_URL": url}, "PostgreSQL audit", args)
+        else:
+            print("[PostgreSQL audit] skipped: give --postgres-url (source .ci/postgres.sh)")
 
         port = free_port()
         started = time.monotonic()  # as for ours: from the launch
