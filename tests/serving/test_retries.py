@@ -219,3 +219,31 @@ def test_concurrent_duplicates_on_a_live_server(live_server: dict[str, Any]) -> 
     assert len([r for r in store.rows() if r["request_id"] == "concurrent-dup-1"]) == 1
     retry = httpx.post(f"{url}/v1/score", json=_patient(), headers=headers, timeout=30)
     assert retry.status_code == 200 and retry.content in bodies
+
+
+def test_a_retry_to_another_server_sharing_the_store_gets_the_stored_answer(
+    live_server: dict[str, Any], tmp_path: Path
+) -> None:
+    """Two servers on one audit store (the several-servers set-up): a retry sent to the other
+    server gets the first answer byte for byte; an altered request under the same id gets 422."""
+    from serving.server import Server
+    from tests.serving.conftest import LOG_DIR
+
+    env = live_server["env"]
+    store = f"sqlite:///{(Path(env['TRIAGE_HOME']) / 'serving' / 'audit.db').resolve()}"
+    other = Server({**env, "TRIAGE_HOME": str(tmp_path / "other"), "TRIAGE_AUDIT_URL": store},
+                   log=LOG_DIR / "second-server.log")  # fmt: skip
+    headers = {"x-api-key": API_KEY, "x-request-id": "across-servers-1"}
+    try:
+        other.start()
+        first = httpx.post(f"{live_server['url']}/v1/score", json=_patient(), headers=headers,
+                           timeout=30)  # fmt: skip
+        again = httpx.post(f"{other.url}/v1/score", json=_patient(), headers=headers, timeout=30)
+        changed = httpx.post(f"{other.url}/v1/score", json=_patient(55), headers=headers,
+                             timeout=30)  # fmt: skip
+    finally:
+        other.stop()
+    assert first.status_code == again.status_code == 200 and again.content == first.content
+    assert changed.status_code == 422 and "request_id_reused" in changed.text
+    rows = [r for r in AuditStore(store).rows() if r["request_id"] == "across-servers-1"]
+    assert len(rows) == 1, "one audit row across both servers"
