@@ -23,6 +23,7 @@ import hmac
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -309,11 +310,9 @@ class AuditStore:
         """Append the rows to the chain and, with `key`, complete its claim with this response,
         in one transaction (shared with other requests by group commit); returns once durable.
         `CommitConflictError`: the key is not in flight, or a (request_id, item) exists."""
-        job = self._job(records, key, status, media_type, body)
-        if not self.group_commit:
-            self._write_group([job])
-            return
-        self._writer.submit(job).result()
+        queued = self._start(records, key, status, media_type, body)
+        if queued is not None:
+            queued.result()
 
     async def commit_async(
         self,
@@ -327,11 +326,9 @@ class AuditStore:
         """`commit` for async routes: the event loop serves other requests meanwhile (which is
         what lets their rows join the same transaction). Without group commit (SQLite), the write
         runs here, as brief as the hand-off it saves."""
-        job = self._job(records, key, status, media_type, body)
-        if not self.group_commit:
-            self._write_group([job])
-            return
-        await asyncio.wrap_future(self._writer.submit(job))
+        queued = self._start(records, key, status, media_type, body)
+        if queued is not None:
+            await asyncio.wrap_future(queued)
 
     def write(self, records: Sequence[AuditRecord]) -> None:
         """Append rows with no idempotency key (`commit(records)`)."""
@@ -343,6 +340,17 @@ class AuditStore:
         if self._chain_key is None:
             raise RuntimeError("this AuditStore was opened without the HMAC key: it cannot append")
         return CommitJob(list(records), key, status, media, body)
+
+    def _start(
+        self, records: Sequence[AuditRecord], key: str | None, status: int, media: str, body: bytes
+    ) -> Future[None] | None:
+        """Write the job now (no group commit: None once durable), or queue it for the writer
+        (its future resolves once durable)."""
+        job = self._job(records, key, status, media, body)
+        if not self.group_commit:
+            self._write_group([job])
+            return None
+        return self._writer.submit(job)
 
     def _write_group(self, jobs: Sequence[CommitJob]) -> None:
         """One transaction: lock the head, number and MAC every job's rows, insert them, move the

@@ -8,13 +8,22 @@ refusal, audited, and stored against a client-chosen id so that a retry gets the
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from serving.api import ERRORS, ApiError, app, issues_out, json_bytes, json_response
+from serving.api import (
+    ERRORS,
+    ApiError,
+    app,
+    issues_out,
+    json_bytes,
+    json_response,
+    validation_failure,
+)
 from serving.middleware import edge_ids
 from serving.schemas import (
     BatchItem,
@@ -47,6 +56,15 @@ def request_id_for(request: Request, in_body: str | None = None) -> tuple[str, b
         raise ApiError(400, "conflicting_request_ids", "X-Request-Id, Idempotency-Key and the "
                        "body's request_id differ; send one id per request")  # fmt: skip
     return (given.pop(), True) if given else (ids.request_id, False)
+
+
+def json_failure(request_id: str) -> Callable[[ApiError], Answer]:
+    """How a JSON route answers a failure: the error envelope with its status."""
+
+    def answer(failure: ApiError) -> Answer:
+        return Answer(failure.status, json_bytes(failure.body(request_id)))
+
+    return answer
 
 
 def score_response(served: Served, score: Score, request_id: str) -> ScoreResponse:
@@ -124,8 +142,7 @@ async def score(service: Service, body: ScoreRequest, request: Request) -> Respo
     """Score one patient: probability, band, recommendation and exact explanation."""
     request_id, keyed = request_id_for(request, body.request_id)
 
-    def error(failure: ApiError) -> Answer:
-        return Answer(failure.status, json_bytes(failure.body(request_id)))
+    error = json_failure(request_id)
 
     def work() -> Answer:
         served, pathway, result = _score_patient(service, body)
@@ -138,8 +155,7 @@ async def score(service: Service, body: ScoreRequest, request: Request) -> Respo
         }
         if isinstance(result, ApiError):
             answer = error(result)
-            answer.store = result.status != 503  # not ready: a retry may succeed
-            if answer.store:
+            if answer.final:
                 answer.records = [service.refused_record(served, result, **audit,
                                                          response=answer.body)]  # fmt: skip
             return answer
@@ -160,8 +176,7 @@ async def score_batch(service: Service, body: BatchRequest, request: Request) ->
     """Score several patients; each is validated, scored or refused on its own."""
     request_id, keyed = request_id_for(request)
 
-    def error(failure: ApiError) -> Answer:
-        return Answer(failure.status, json_bytes(failure.body(request_id)))
+    error = json_failure(request_id)
 
     def work() -> Answer:
         limit = service.config.max_batch
@@ -174,8 +189,6 @@ async def score_batch(service: Service, body: BatchRequest, request: Request) ->
             try:
                 patient = ScoreRequest.model_validate(raw)
             except ValidationError as invalid:
-                from serving.api import validation_failure
-
                 failure = validation_failure(invalid.errors())
                 items.append(BatchItem(index=index, status="refused", error=ErrorBody(
                     code=failure.code, message=failure.message,

@@ -19,7 +19,7 @@ from fastapi import Body, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from models.validation import Issue
-from serving.api import ERRORS, ApiError, app, json_bytes
+from serving.api import ERRORS, ApiError, app, json_bytes, package_version
 from serving.cds_hooks import (
     HookProblem,
     cards_for_problem,
@@ -37,7 +37,7 @@ from serving.fhir import (
     risk_assessment,
 )
 from serving.result_page import CSP, render_stored
-from serving.routes import request_id_for, score_response
+from serving.routes import json_failure, request_id_for, score_response
 from serving.schemas import ErrorResponse, FhirBundleBody
 from serving.triage import CLOCK_SLACK, Answer, Service, fingerprint
 
@@ -153,8 +153,7 @@ async def fhir_score(
         }
         if isinstance(result, ApiError):
             answer = fhir_failure(result)
-            answer.store = result.status != 503
-            if answer.store:
+            if answer.final:
                 answer.records = [service.refused_record(served, result, **audit,
                                                          response=answer.body)]  # fmt: skip
             return answer
@@ -188,8 +187,6 @@ async def fhir_score(
 )  # fmt: skip
 async def fhir_metadata() -> Response:
     """The server's FHIR CapabilityStatement."""
-    from serving.api import package_version
-
     return JSONResponse(capability_statement(package_version()), media_type=FHIR_JSON)
 
 
@@ -261,7 +258,7 @@ async def cds_service(
         }
         if isinstance(result, ApiError):
             if result.status == 503:
-                return Answer(503, json_bytes(result.body(request_id)), store=False)
+                return json_failure(request_id)(result)
             problem = problem_for_refusal(result.body(request_id).error.model_dump(), service_id)
             body = json.dumps(cards_for_problem(problem, model, key=request_id)).encode()
             return Answer(200, body, records=[service.refused_record(
@@ -276,5 +273,5 @@ async def cds_service(
     return await service.answer(
         request_id=request_id, keyed=True,
         fingerprint=fingerprint(f"cds/{service_id}", lambda: body),
-        work=work, error=lambda f: Answer(f.status, json_bytes(f.body(request_id))),
+        work=work, error=json_failure(request_id),
     )  # fmt: skip

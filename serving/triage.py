@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # LightGBM (and, through it, scikit-learn) loads in the worke
 
 logger = logging.getLogger("triage.service")
 
+TRANSIENT = frozenset({503})  # answers a retry may improve on
 # A sample taken "tomorrow" in UTC can be today where the clinic is (UTC+14 at the most).
 CLOCK_SLACK = timedelta(days=1)
 
@@ -108,7 +109,12 @@ class Answer:
     media_type: str = "application/json"
     records: list[AuditRecord] = field(default_factory=list)
     scored: list[tuple[Served, Score]] = field(default_factory=list)
-    store: bool = True  # False for a transient answer (not ready): never replayed to a retry
+
+    @property
+    def final(self) -> bool:
+        """False for a transient answer (503, not ready): never audited, stored or replayed, so
+        a retry once the models are released is scored."""
+        return self.status not in TRANSIENT
 
 
 class TriageService:
@@ -229,7 +235,7 @@ class TriageService:
             return earlier
         try:
             result = work()
-            if not result.store:
+            if not result.final:
                 if keyed:
                     self.audit.abandon(request_id)
                 return reply(result.status, result.body, result.media_type)
