@@ -71,6 +71,11 @@ __all__ = ["CASE_CONTROL_SWEEP", "by_period", "evaluate_predictions", "oracle_su
 # The Leeds myeloma script applies these cut-offs on the case-control probability scale.
 CASE_CONTROL_SWEEP: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
 CURVE_BINS = 10
+# The ROC band's false-positive rates: every 0.005 up to 0.1 (where a triage curve rises
+# steeply), every 0.025 above.
+ROC_BAND_FPR: FloatArray = np.unique(
+    np.r_[np.linspace(0, 0.1, 21), np.linspace(0.1, 1, 37)].round(4)
+)
 
 
 # --------------------------------------------------------------------------- oracle
@@ -126,8 +131,9 @@ def _bootstrap(
     curve_bins: IntArray | None, subgroups: SubgroupStatistics | None,
 ) -> dict[str, Any]:  # fmt: skip
     """Every resampled statistic from one loop over patient-level resamples: AUC, O/E, Brier,
-    calibration intercept and slope, the rates at each threshold, the calibration curve's
-    observed proportions (weighted only) and the subgroups' AUC and O/E.
+    calibration intercept and slope, the sensitivity at each false-positive rate of
+    `ROC_BAND_FPR`, the rates at each threshold, the calibration curve's observed proportions
+    (weighted only) and the subgroups' AUC and O/E.
 
     The headline figures come from the weighted counts of cases and controls at each distinct
     predicted value, so a resample costs one bincount plus a few Newton steps, not a refit.
@@ -140,6 +146,7 @@ def _bootstrap(
     out: dict[str, list[Any]] = {k: [] for k in ("auc", "oe", "brier", "intercept", "slope")}
     counts: dict[str, list[tuple[float, ...]]] = {name: [] for name in cut}
     curve: list[FloatArray] = []
+    roc: list[FloatArray] = []
     yf = y.astype(np.float64)
     for boot in bootstrap_weights(groups, n_boot, seed):
         weights = boot if w is None else boot * w
@@ -154,6 +161,7 @@ def _bootstrap(
         _, slope = newton_logistic(x, cases, total, slope_start, True, *steps)
         out["intercept"].append(intercept)
         out["slope"].append(slope)
+        roc.append(_sensitivity_at(cases, controls, ROC_BAND_FPR))
         for name, index in cut.items():
             fn, tn = float(cases[:index].sum()), float(controls[:index].sum())
             counts[name].append((n_cases - fn, n_controls - tn, tn, fn))
@@ -170,7 +178,30 @@ def _bootstrap(
         for name, rows in counts.items()
     }
     result["curve"] = np.vstack(curve) if curve else None
+    result["roc"] = np.vstack(roc) if roc else np.empty((0, ROC_BAND_FPR.size))
     return result
+
+
+def _sensitivity_at(cases: FloatArray, controls: FloatArray, fpr: FloatArray) -> FloatArray:
+    """Sensitivity at each false-positive rate `fpr` on the ROC curve of (weighted) counts per
+    ascending distinct value, linear between its points (a tie is a diagonal step); NaN without
+    both classes. Two cumulative sums: cheap beside the resample's Newton fits."""
+    n_cases, n_controls = float(cases.sum()), float(controls.sum())
+    if n_cases <= 0 or n_controls <= 0:
+        return np.full(fpr.size, NAN)
+    tpr_points = np.r_[0.0, np.cumsum(cases[::-1]) / n_cases]
+    fpr_points = np.r_[0.0, np.cumsum(controls[::-1]) / n_controls]
+    return np.asarray(np.interp(fpr, fpr_points, tpr_points), dtype=np.float64)
+
+
+def _roc_band(samples: FloatArray) -> dict[str, list[float]]:
+    """The pointwise 95% percentile band of sensitivity over `ROC_BAND_FPR` (NaN resamples
+    ignored; empty lists without any defined resample)."""
+    finite = samples[np.isfinite(samples).all(axis=1)]
+    if finite.shape[0] == 0:
+        return {"fpr": [], "low": [], "high": []}
+    low, high = np.percentile(finite, [2.5, 97.5], axis=0)
+    return {"fpr": ROC_BAND_FPR.tolist(), "low": low.tolist(), "high": high.tolist()}
 
 
 # --------------------------------------------------------------------------- blocks
@@ -194,7 +225,7 @@ def _headline(
             },
         },
         "calibration_curve": calibration_curve(y, p, CURVE_BINS, w, boot["curve"]),
-        "roc": roc_points(y, p, weights=w),
+        "roc": {**roc_points(y, p, weights=w), "band": _roc_band(boot["roc"])},
     }
 
 

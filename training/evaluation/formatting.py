@@ -9,6 +9,8 @@ import math
 from collections.abc import Mapping
 from typing import Any, TypeGuard
 
+import numpy as np
+
 # --------------------------------------------------------------------------- formatting
 
 
@@ -24,7 +26,9 @@ def is_finite_number(value: Any) -> TypeGuard[float]:
 
 def number_text(value: Any, digits: int = 3) -> str:
     """A number as printed: integers with thousands separators, floats at `digits`, a dash
-    for missing or non-finite values."""
+    for missing or non-finite values (numpy scalars as their Python values)."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, bool) or value is None:
         return "–"
     if isinstance(value, int):
@@ -34,6 +38,16 @@ def number_text(value: Any, digits: int = 3) -> str:
             return "∞"
         return f"{value:.{digits}f}" if math.isfinite(value) else "–"
     return str(value)
+
+
+def probability_text(value: Any) -> str:
+    """A probability to 3 significant figures as a plain decimal (0.0000692, not 6.92e-05; 0.121);
+    a dash when missing."""
+    if not is_finite_number(value):
+        return "–"
+    return str(
+        np.format_float_positional(value, precision=3, unique=True, fractional=False, trim="-")
+    )
 
 
 def interval_text(interval: Any, digits: int = 3, percent: bool = False) -> str:
@@ -55,13 +69,22 @@ def interval_text(interval: Any, digits: int = 3, percent: bool = False) -> str:
 
 
 def inline_text(value: Any) -> str:
-    """A value, mapping or list on one line (`key: value, ...`)."""
+    """A value, mapping or list on one line in words (`key: value, ...`): counts with thousands
+    separators, a missing value as "not given", an empty list as "none", a flag as yes/no."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, Mapping):
-        return ", ".join(f"{k}: {inline_text(v)}" for k, v in value.items()) or "–"
+        return ", ".join(f"{k}: {inline_text(v)}" for k, v in value.items()) or "none"
     if isinstance(value, list | tuple):
-        return ", ".join(inline_text(v) for v in value) or "–"
+        return ", ".join(inline_text(v) for v in value) or "none"
+    if value is None:
+        return "not given"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:g}" if math.isfinite(value) else "–"
+        return f"{value:g}" if math.isfinite(value) else "not given"
     return str(value)
 
 

@@ -24,6 +24,7 @@ from training.evaluation.formatting import (
     interval_text,
     is_finite_number,
     number_text,
+    probability_text,
     threshold_choice_text,
 )
 from training.evaluation.plots import (
@@ -35,63 +36,10 @@ from training.evaluation.plots import (
     roc_plot,
     shap_plot,
 )
+from training.evaluation.report_card import card_section, outcome_words, tripod_section
+from training.evaluation.report_tables import SECTIONS, frame_tables, note, section, table
 
-SECTIONS: dict[str, str] = {
-    "card": "Model card",
-    "tripod": "TRIPOD+AI checklist",
-    "headline": "Headline metrics",
-    "roc": "ROC curve",
-    "calibration": "Calibration",
-    "decision": "Decision curve",
-    "thresholds": "Triage thresholds",
-    "subgroups": "Subgroups",
-    "comparison": "Served model vs comparator",
-    "periods": "Performance by period",
-    "prevalence": "Prevalence-adjusted performance (case-control)",
-    "shap": "Explanations (SHAP)",
-    "extra": "Additional tables",
-}
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    klass = f' class="{escape(cls)}"' if cls else ""
-    return f"<table{klass}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _frame_table(frame: pd.DataFrame, max_rows: int = 200) -> str:
-    shown = frame.head(max_rows)
-    rows = [
-        [number_text(v) if isinstance(v, float) else v for v in row] for row in shown.itertuples()
-    ]
-    table = _table([str(shown.index.name or ""), *map(str, shown.columns)], rows)
-    more = f"<p class='note'>{len(frame) - max_rows:,} more rows not shown.</p>"
-    return table + (more if len(frame) > max_rows else "")
-
-
-def _section(key: str, body: str) -> str:
-    return f'<section id="{key}"><h2>{escape(SECTIONS[key])}</h2>{body}</section>'
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{escape(text)}</p>'
-
-
-def outcome_words(card: Mapping[str, Any]) -> tuple[str, str]:
-    """The outcome's name and plural in words from the model card (cards logged before outcomes
-    had names: cancer, cancers)."""
-    outcome = card.get("outcome") or {}
-    name = str(outcome.get("name") or "cancer")
-    default = "cancers" if name == "cancer" else f"{name} events"
-    return name, str(outcome.get("plural") or default)
-
-
-def _horizon(outcome: Mapping[str, Any]) -> str:
-    """`horizon 730 days`, or `any time in follow-up` (horizon_days None)."""
-    if "horizon_days" in outcome and outcome["horizon_days"] is None:
-        return "any time in follow-up"
-    return f"horizon {outcome.get('horizon_days', '–')} days"
+__all__ = ["SECTIONS", "outcome_words", "render_report"]
 
 
 # --------------------------------------------------------------------------- sections
@@ -142,90 +90,6 @@ def _findings(card: Mapping[str, Any], ev: Mapping[str, Any]) -> str:
     return f"<div class='findings'><h2>Key findings</h2><ul>{items}</ul>{flagged}</div>"
 
 
-def _card_section(card: Mapping[str, Any]) -> str:
-    periods = card.get("periods") or {}
-    outcome = card.get("outcome") or {}
-    features = card.get("features") or {}
-    data = card.get("data") or {}
-    rows = [
-        ("Title", card.get("title", "–")),
-        ("Intended use", card.get("intended_use", "–")),
-        ("Population", card.get("population", "–")),
-        ("Setting", inline_text(card.get("setting", "–"))),
-        *(
-            [("Data source", str(card["data_source"].get("description", "–")))]
-            if isinstance(card.get("data_source"), Mapping)
-            else []
-        ),
-        *(
-            (name.capitalize(), inline_text(periods[name]))
-            for name in ("train", "calibrate", "evaluate")
-            if name in periods
-        ),
-        (
-            "Outcome",
-            f"{outcome.get('definition', '–')} (column {outcome.get('column', '–')}, "
-            f"{_horizon(outcome)})",
-        ),
-        (
-            "Features",
-            f"{features.get('count', '–')}: "
-            + inline_text(
-                [
-                    *features.get("analytes", []),
-                    *features.get("derived", []),
-                    *features.get("demographics", []),
-                    *features.get("context", []),
-                ]
-            ),
-        ),
-        ("Eligibility", inline_text(card.get("eligibility", "–"))),
-        *_card_model_rows(card),
-        ("Triage policy", inline_text(card.get("triage_policy", "–"))),
-        *(
-            [("Recommendations", inline_text(card["recommendations"]))]
-            if isinstance(card.get("recommendations"), Mapping)
-            else []
-        ),
-        ("Rows per period", inline_text(data.get("rows", "–"))),
-        ("Events per period", inline_text(data.get("events", "–"))),
-        ("Exclusions (validation codes)", inline_text(data.get("exclusions", "–"))),
-        ("Input checks", inline_text(card.get("input_checks", "–"))),
-    ]
-    body = "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in rows) + "</dl>"
-    not_for = "".join(f"<li>{escape(x)}</li>" for x in card.get("not_for", []))
-    limits = "".join(f"<li>{escape(x)}</li>" for x in card.get("limitations", []))
-    return _section(
-        "card",
-        body
-        + f"<h3>Must not be used for</h3><ul>{not_for}</ul>"
-        + f"<h3>Limitations</h3><ul>{limits}</ul>",
-    )
-
-
-def _card_model_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Calibration, the population scale, the model family and the thresholds (older cards:
-    the calibration dict as logged)."""
-    if "population_scale" not in card:
-        return [("Calibration", inline_text(card.get("calibration", "–")))]
-    family = card.get("model_family") or {}
-    return [
-        ("Calibration", str((card.get("calibration") or {}).get("method", "–"))),
-        ("Population scale", str(card["population_scale"])),
-        ("Model family", str(family.get("text", "not recorded"))),
-        ("Thresholds", " ".join(card.get("thresholds") or ["not recorded"])),
-    ]
-
-
-def _tripod_section(card: Mapping[str, Any]) -> str:
-    rows = [
-        [r.get("item", "–"), r.get("topic", ""), r.get("status", ""), r.get("where", "")]
-        for r in card.get("tripod_ai", [])
-    ]
-    body = _table(["item", "topic", "status", "where / how"], rows)
-    return _section("tripod", body + _note(str(card.get("tripod_ai_note", ""))))
-
-
 def _headline_rows(ev: Mapping[str, Any], events: str = "cancers") -> list[tuple[str, str]]:
     cal = ev.get("calibration") or {}
     ci = cal.get("ci") or {}
@@ -246,7 +110,8 @@ def _headline_rows(ev: Mapping[str, Any], events: str = "cancers") -> list[tuple
         ("calibration slope", interval_text(ci.get("slope", cal.get("slope")))),
         ("ECE (10 equal-frequency bins)", number_text(cal.get("ece"), 4)),
         (
-            f"net benefit at {number_text(at.get('threshold'), 3)} (treat all)",
+            f"net benefit at {probability_text(at.get('threshold'))} (treat all): "
+            f"{at.get('reason') or 'reason not recorded'}",
             f"{number_text(at.get('model'), 4)} ({number_text(at.get('treat_all'), 4)})",
         ),
     ]
@@ -263,14 +128,15 @@ def _headline_rows(ev: Mapping[str, Any], events: str = "cancers") -> list[tuple
 
 
 def _headline_section(ev: Mapping[str, Any], events: str) -> str:
-    note = _note(
+    caption = note(
         "95% CIs: patient-level bootstrap percentile intervals "
         f"({number_text(ev.get('n_boot'))} resamples). "
         "Perfect calibration: O/E 1, intercept 0, slope 1."
     )
-    table = _table(["metric", family_label(ev.get("model_family"), MODEL_LABEL)],
-                   _headline_rows(ev, events))  # fmt: skip
-    return _section("headline", table + note)
+    body = table(
+        ["metric", family_label(ev.get("model_family"), MODEL_LABEL)], _headline_rows(ev, events)
+    )
+    return section("headline", body + caption)
 
 
 def _threshold_rows(ev: Mapping[str, Any]) -> list[list[str]]:
@@ -288,7 +154,7 @@ def _threshold_rows(ev: Mapping[str, Any]) -> list[list[str]]:
         rows.append(
             [
                 band,
-                number_text(m.get("threshold"), 4),
+                probability_text(m.get("threshold")),
                 interval_text(m.get("sensitivity"), percent=True),
                 interval_text(m.get("specificity"), percent=True),
                 interval_text(m.get("ppv"), percent=True),
@@ -307,19 +173,19 @@ def _threshold_section(ev: Mapping[str, Any], events: str) -> str:
     thresholds = ev.get("thresholds") or {}
     green: Mapping[str, Any] = thresholds.get("green") or {}
     method = green.get("ci_method", "wilson")
-    note = _note(
+    caption = note(
         f"Green: p < rule-out threshold ({events} in band = false negatives). Red: p >= rule-in "
         f"threshold. Thresholds were chosen on the calibration period. 95% CIs: {method}"
         f" (sensitivity: {green.get('sensitivity_ci_method', 'wilson')})."
     )
     chosen = thresholds.get("chosen") or {}
-    choices = _table(
+    choices = table(
         ["band", "how the threshold was chosen (calibration period)"],
         [[band, threshold_choice_text(chosen.get(key))]
          for band, key in (("green (rule-out)", "rule_out"), ("red (rule-in)", "rule_in"))],
     )  # fmt: skip
     risk = f"<p><b>{escape(green_risk_text(thresholds.get('green')))}</b></p>"
-    return _section("thresholds", risk + _table(header, _threshold_rows(ev)) + note + choices)
+    return section("thresholds", risk + table(header, _threshold_rows(ev)) + caption + choices)
 
 
 def _subgroup_section(ev: Mapping[str, Any], card: Mapping[str, Any]) -> str:
@@ -327,11 +193,12 @@ def _subgroup_section(ev: Mapping[str, Any], card: Mapping[str, Any]) -> str:
     block = ev.get("subgroups") or {}
     rows = block.get("rows", []) if isinstance(block, Mapping) else list(block)
     if not rows:
-        return _section("subgroups", _note("No subgroup columns were available."))
+        return section("subgroups", note("No subgroup columns were available."))
     target = (card.get("triage_policy") or {}).get("rule_out_sensitivity")
-    plot = forest_plot(rows, target if is_finite_number(target) else None)
+    oe_range = block.get("oe_range") if isinstance(block, Mapping) else None
+    plot = forest_plot(rows, target if is_finite_number(target) else None, oe_range)
     header = ["subgroup", "level", "n", events, "AUC [95% CI]", "O/E [95% CI]"]
-    table = _table(
+    body = table(
         [*header, "rule-out sensitivity", "flags"],
         [
             [
@@ -342,7 +209,7 @@ def _subgroup_section(ev: Mapping[str, Any], card: Mapping[str, Any]) -> str:
                 interval_text(
                     {"estimate": r.get("auc"), "low": r.get("auc_low"), "high": r.get("auc_high")}
                 ),
-                interval_text(r.get("observed_expected_ci", r.get("observed_expected"))),
+                _oe_text(r),
                 interval_text(r.get("rule_out_sensitivity"), percent=True),
                 ", ".join(r.get("flags") or [])
                 or ("none" if r.get("checked", True) else "too few to check"),
@@ -351,17 +218,38 @@ def _subgroup_section(ev: Mapping[str, Any], card: Mapping[str, Any]) -> str:
         ],
     )
     skipped = block.get("skipped", []) if isinstance(block, Mapping) else []
-    notes = "".join(_note(f"{s.get('column')}: {s.get('reason')}") for s in skipped)
+    notes = "".join(note(f"{s.get('column')}: {s.get('reason')}") for s in skipped)
     without = "non-cancer" if name == "cancer" else f"row without {name}"
-    method = _note(
+    method = note(
         f"AUC needs at least {block.get('min_events_for_auc', 5)} {events} and one {without}; "
         "AUC and O/E CIs are patient-level bootstrap percentiles (not Hanley-McNeil), "
         f"sensitivity CIs Wilson. Levels with at least {block.get('min_events_for_flags', '–')} "
-        f"{events} are flagged when the sensitivity's upper bound is below "
-        f"{block.get('sensitivity_target', '–')} or the O/E CI lies outside "
-        f"{inline_text(block.get('oe_range', '–'))}."
+        f"{events} are flagged when {_flag_rule(block)}."
     )
-    return _section("subgroups", plot + table + method + notes)
+    return section("subgroups", plot + body + method + notes)
+
+
+def _flag_rule(block: Mapping[str, Any]) -> str:
+    """When a subgroup level is flagged, in words (no sensitivity check without a target)."""
+    oe_range = block.get("oe_range")
+    rule = (
+        f"the O/E CI lies outside {inline_text(oe_range)}"
+        if isinstance(oe_range, list | tuple)
+        else "the O/E CI lies outside the accepted range"
+    )
+    target = block.get("sensitivity_target")
+    if not is_finite_number(target):
+        return rule + " (no rule-out sensitivity target was set)"
+    return f"the sensitivity's upper bound is below {target:g} or {rule}"
+
+
+def _oe_text(row: Mapping[str, Any]) -> str:
+    """A subgroup's O/E with its CI; `[–]` for rows of older evaluations that have no CI."""
+    ci = row.get("observed_expected_ci")
+    if isinstance(ci, Mapping) and is_finite_number(ci.get("low")):
+        return interval_text(ci)
+    estimate = ci.get("estimate") if isinstance(ci, Mapping) else row.get("observed_expected")
+    return f"{number_text(estimate)} [–]" if is_finite_number(estimate) else "–"
 
 
 def _comparison_section(ev: Mapping[str, Any], base: Mapping[str, Any], events: str) -> str:
@@ -373,13 +261,16 @@ def _comparison_section(ev: Mapping[str, Any], base: Mapping[str, Any], events: 
         rows += [
             [f"{mine[0]}: {n}", a, b] for n, a, b in zip(names, mine[1:7], theirs[1:7], strict=True)
         ]
-    note = _note(
+    caption = note(
         "Both models are evaluated on the same rows, each at its own thresholds chosen on the "
         "calibration period. The comparator is the family not served."
     )
-    labels = [family_label(ev.get("model_family"), MODEL_LABEL),
-              family_label(base.get("model_family"), BASELINE_LABEL) + " (comparator)"]  # fmt: skip
-    return _section("comparison", _table(["metric", *labels], rows) + note)
+    comparator = base.get("model_family")
+    labels = [
+        family_label(ev.get("model_family"), MODEL_LABEL),
+        f"{family_label(comparator)} (comparator)" if comparator else BASELINE_LABEL,
+    ]
+    return section("comparison", table(["metric", *labels], rows) + caption)
 
 
 def _period_section(ev: Mapping[str, Any], events: str) -> str:
@@ -394,8 +285,8 @@ def _period_section(ev: Mapping[str, Any], events: str) -> str:
         for r in ev.get("by_period") or []
     ]
     if not rows:
-        return _section("periods", _note("No dates: performance by period not available."))
-    return _section("periods", _table(["period", "n", events, "AUC", "O/E"], rows))
+        return section("periods", note("No dates: performance by period not available."))
+    return section("periods", table(["period", "n", events, "AUC", "O/E"], rows))
 
 
 def _prevalence_section(block: Mapping[str, Any], events: str) -> str:
@@ -413,7 +304,7 @@ def _prevalence_section(block: Mapping[str, Any], events: str) -> str:
     rows = [
         [
             r.get("label"),
-            number_text(r.get("threshold"), 4),
+            probability_text(r.get("threshold")),
             interval_text(r.get("sensitivity"), percent=True),
             interval_text(r.get("specificity"), percent=True),
             number_text(r.get("ppv"), 5),
@@ -424,12 +315,12 @@ def _prevalence_section(block: Mapping[str, Any], events: str) -> str:
         ]
         for r in [*block.get("at_thresholds", []), *block.get("sweep", [])]
     ]
-    intro = _note(
+    intro = note(
         f"Deployment prevalence {number_text(block.get('deployment_prevalence'), 6)}; "
         f"case fraction of this sample {number_text(block.get('sample_prevalence'), 4)}. "
         + _PREVALENCE_NOTE.format(events=events)
     )
-    return _section("prevalence", intro + _table(header, rows))
+    return section("prevalence", intro + table(header, rows))
 
 
 # The report's own wording (the evaluation's stored note says "events"), naming the outcome.
@@ -440,9 +331,17 @@ _PREVALENCE_NOTE = (
 )
 
 
-def _extra_section(tables: Mapping[str, pd.DataFrame]) -> str:
-    parts = [f"<h3>{escape(name)}</h3>{_frame_table(frame)}" for name, frame in tables.items()]
-    return _section("extra", "".join(parts))
+def _decision_section(ev: Mapping[str, Any], base: Mapping[str, Any] | None) -> str:
+    scale = ev.get("scale")
+    text = (
+        "Net benefit on the case-control sample's scale (its own prevalence), where the "
+        "thresholds apply; not the deployment population's."
+        if scale == "case-control sample"
+        else f"Net benefit on the {scale or 'given probabilities'} scale; the x range runs from a "
+        "tenth of the prevalence (or where the curve starts) to three times the highest "
+        "threshold shown."
+    )
+    return section("decision", decision_plot(ev, base) + note(text))
 
 
 _CSS = """
@@ -457,6 +356,7 @@ dl{display:grid;grid-template-columns:14em 1fr;gap:.2em 1em}dt{font-weight:600}d
 ul.facts{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.4em 1.6em}
 .findings{border:2px solid #c60;background:#fff8ef;padding:.4em 1em;margin:1em 0}
 .findings h2{margin-top:.3em;border:0}.flag{color:#a30}
+.wide{overflow-x:auto;max-width:100%}
 """
 
 
@@ -468,23 +368,27 @@ def render_report(
     baseline_evaluation: Mapping[str, Any] | None = None,
     shap_sample: pd.DataFrame | None = None,
     extra_tables: Mapping[str, pd.DataFrame] | None = None,
+    lead_tables: Mapping[str, pd.DataFrame] | None = None,
 ) -> str:
-    """One self-contained HTML report (inline CSS, base64 PNG plots, all text escaped)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless rendering; set here so importing this module has no effect
+    """One self-contained HTML report (inline CSS, base64 PNG plots, all text escaped); the same
+    inputs give the same bytes. `lead_tables` (a replay's results) come first, right after the
+    key findings, `extra_tables` last. The plots use matplotlib's object API: the process's
+    backend and pyplot's figures are left alone."""
     ev, base = evaluation, baseline_evaluation
     events = outcome_words(model_card)[1]
     calibration_note = "Equal-frequency bins; shaded: Wilson 95% CI of the observed proportion."
-    sections: dict[str, Callable[[], str]] = {
-        "card": lambda: _card_section(model_card),
-        "tripod": lambda: _tripod_section(model_card),
+    sections: dict[str, Callable[[], str]] = {}
+    if lead_tables:
+        sections["lead"] = lambda: section("lead", frame_tables(lead_tables))
+    sections |= {
+        "card": lambda: card_section(model_card, events),
+        "tripod": lambda: tripod_section(model_card),
         "headline": lambda: _headline_section(ev, events),
-        "roc": lambda: _section("roc", roc_plot(ev, base)),
-        "calibration": lambda: _section(
-            "calibration", calibration_plot(ev, base) + _note(calibration_note)
+        "roc": lambda: section("roc", roc_plot(ev, base)),
+        "calibration": lambda: section(
+            "calibration", calibration_plot(ev, base) + note(calibration_note)
         ),
-        "decision": lambda: _section("decision", decision_plot(ev, base)),
+        "decision": lambda: _decision_section(ev, base),
         "thresholds": lambda: _threshold_section(ev, events),
         "subgroups": lambda: _subgroup_section(ev, model_card),
     }
@@ -495,13 +399,14 @@ def render_report(
     if isinstance(prevalence, Mapping):
         sections["prevalence"] = lambda: _prevalence_section(prevalence, events)
     if shap_sample is not None and not shap_sample.empty:
-        shap_note = _note("Contributions in calibrated log-odds for a random evaluation sample.")
-        sections["shap"] = lambda: _section("shap", shap_plot(shap_sample) + shap_note)
+        shap_note = note("Contributions in calibrated log-odds for a random evaluation sample.")
+        seed = ev.get("seed") if isinstance(ev.get("seed"), int) else None
+        sections["shap"] = lambda: section("shap", shap_plot(shap_sample, seed) + shap_note)
     if extra_tables:
-        sections["extra"] = lambda: _extra_section(extra_tables)
+        sections["extra"] = lambda: section("extra", frame_tables(extra_tables))
     parts = [_header(title, model_card, ev, list(sections))]
     parts += [render() for render in sections.values()]
-    notes = "".join(_note(str(n)) for n in ev.get("notes") or [])
+    notes = "".join(note(str(n)) for n in ev.get("notes") or [])
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f"<style>{_CSS}</style></head><body>{''.join(parts)}{notes}</body></html>"

@@ -74,6 +74,7 @@ def test_report_is_self_contained_with_every_section(
         baseline_evaluation=evaluations["baseline"],
         shap_sample=shap_sample,
         extra_tables={"Notes <script>": pd.DataFrame({"text": ["<script>alert(1)</script>"]})},
+        lead_tables={"Replayed bands": pd.DataFrame({"band": ["green"], "rows": [1200]})},
     )
     missing = [h for h in SECTIONS.values() if f">{html.escape(h)}</h2>" not in page]
     assert not missing, f"section headings missing: {missing}"
