@@ -8,6 +8,14 @@ nothing). The same is kept for the score distribution. They come from out-of-sam
 calibration period); for a case-control sample, with row weights that put it on the population
 scale (1 for cases, 1/r_s for controls), so shares and quantiles are the population's.
 
+When the rows' labs are given, `by_lab` holds the same statistics per lab (labs with at least
+`MIN_LAB_ROWS` rows; the bins are the pooled reference's, so counts stay comparable): the missing
+rate and bin shares of each feature and of the score, and the rows behind them. Labs differ for
+good and standing reasons (one measures plasma viscosity instead of ESR; assays and populations
+differ), so drift is judged against each lab's own reference: a change over time, not a
+difference between labs. A lab with fewer rows keeps no own reference (its shares would be noise)
+and is compared with the pooled one.
+
 Apart from those, `training_missing` records each input's missing rate in the training rows (the
 rows the model was fitted on), stored as the reference's `training` entry: what decides which
 inputs the model may see absent at scoring.
@@ -25,6 +33,8 @@ import pandas as pd
 FloatArray = npt.NDArray[np.float64]
 SOFT_QUANTILES = (0.0001, 0.9999)
 PSI_EPSILON = 1e-4
+MIN_LAB_ROWS = 200  # calibration rows a lab needs for its own reference (`by_lab`)
+UNKNOWN_LAB = "unknown"  # the label of rows without a lab (as replay labels them)
 
 
 def _quantiles(observed: FloatArray, qs: Any, weights: FloatArray | None) -> FloatArray:
@@ -89,15 +99,9 @@ def describe(
         if observed.size
         else (float("nan"), float("nan"))
     )
-    if not len(values):
-        missing_rate = float("nan")
-    elif w is None:
-        missing_rate = float((~present).mean())
-    else:
-        missing_rate = float(w[~present].sum() / w.sum())
     return {
         "n": len(values),
-        "missing_rate": missing_rate,
+        "missing_rate": _missing_rate(present, w),
         "edges": edges,
         "shares": binned_shares(values, edges, w),
         "low": low,
@@ -105,22 +109,91 @@ def describe(
     }
 
 
+def _missing_rate(present: npt.NDArray[np.bool_], weights: FloatArray | None) -> float:
+    """Share of rows (of weight) without a value; NaN without rows."""
+    if not len(present):
+        return float("nan")
+    if weights is None:
+        return float((~present).mean())
+    return float(weights[~present].sum() / weights.sum())
+
+
+def describe_in_bins(
+    values: FloatArray, edges: Sequence[float], weights: FloatArray | None = None
+) -> dict[str, Any]:
+    """Rows, missing rate and bin shares of one column in given bins (a lab's, in the pooled
+    reference's bins)."""
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    return {
+        "n": len(values),
+        "missing_rate": _missing_rate(~np.isnan(values), w),
+        "shares": binned_shares(values, edges, w),
+    }
+
+
+def lab_names(labs: npt.ArrayLike) -> npt.NDArray[np.object_]:
+    """Each row's lab as text, `unknown` where missing (the labels a replay gives its rows)."""
+    codes, found = pd.factorize(pd.Series(np.asarray(labs, dtype=object)))
+    names = np.array([*(str(lab) for lab in found), UNKNOWN_LAB], dtype=object)
+    return names[codes]  # code -1 (missing) picks the last name
+
+
+def lab_statistics(
+    features: pd.DataFrame,
+    probability: FloatArray,
+    labs: npt.ArrayLike,
+    pooled: dict[str, Any],
+    weights: FloatArray | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per lab with at least `MIN_LAB_ROWS` rows: its rows and, in the `pooled` reference's bins,
+    each feature's and the score's missing rate and shares (`describe_in_bins`)."""
+    names = lab_names(labs)
+    if len(names) != len(features):
+        raise ValueError(f"labs ({len(names)}) need one label per row ({len(features)})")
+    score = np.asarray(probability, dtype=np.float64)
+    out: dict[str, dict[str, Any]] = {}
+    for lab in sorted(set(names)):
+        rows = names == lab
+        if rows.sum() < MIN_LAB_ROWS:
+            continue
+        w = None if weights is None else weights[rows]
+        out[lab] = {
+            "n": int(rows.sum()),
+            "features": {
+                c: describe_in_bins(
+                    features[c].to_numpy(np.float64)[rows], pooled["features"][c]["edges"], w
+                )
+                for c in features.columns
+            },
+            "score": describe_in_bins(score[rows], pooled["score"]["edges"], w),
+        }
+    return out
+
+
 def reference_statistics(
-    features: pd.DataFrame, probability: FloatArray, weights: FloatArray | None = None
+    features: pd.DataFrame,
+    probability: FloatArray,
+    weights: FloatArray | None = None,
+    labs: npt.ArrayLike | None = None,
 ) -> dict[str, Any]:
     """Reference statistics of every feature and of the score, from out-of-sample rows (the
     calibration period); `weights` (1 for cases, 1/r_s for controls) give a case-control sample
-    the population's distribution. Records whether they are weighted."""
+    the population's distribution. Records whether they are weighted. With `labs` (each row's
+    lab), also the statistics per lab (`by_lab`, see `lab_statistics`)."""
     w = None if weights is None else np.asarray(weights, dtype=np.float64).ravel()
     if w is not None and (w.size != len(features) or not (np.isfinite(w).all() and (w > 0).all())):
         raise ValueError("weights must be one finite positive number per row")
-    return {
+    reference: dict[str, Any] = {
         "features": {
             c: describe(features[c].to_numpy(np.float64), weights=w) for c in features.columns
         },
         "score": describe(np.asarray(probability, dtype=np.float64), weights=w),
         "weighted": w is not None,
     }
+    if labs is not None:
+        reference["by_lab"] = lab_statistics(features, probability, labs, reference, w)
+        reference["min_lab_rows"] = MIN_LAB_ROWS
+    return reference
 
 
 def training_missing(frames: Sequence[pd.DataFrame]) -> dict[str, Any]:

@@ -7,10 +7,14 @@ chunk (or partition by partition on Spark) and judged once:
 
 1. `bin_counts`: per segment (period x lab), how many rows fall in each reference bin of each
    feature and of the score. Counts from several chunks add up (`combine_counts`).
-2. `drift_table`: the counts rolled up to every level (all rows, by period, by lab, by lab and
-   period), and for each feature:
+2. `drift_table`: the counts at every level (all rows, by period, by lab, by lab and period),
+   each compared with the reference that makes drift mean change over time
+   (`drift_reference`): a lab with that lab's own training-period reference, all labs with the
+   labs' references mixed by the segment's own lab composition (so a change in lab mix is not
+   drift), the pooled reference where a lab has none (the `reference` column says which). For
+   each feature:
    - PSI of the *observed* values against the reference's observed-value shares. The missing bin
-     is judged on its own (below), so a lab that never measures an analyte shows as a
+     is judged on its own (below), so a lab that stops measuring an analyte shows as a
      missingness change rather than as a PSI dominated by the empty-bin epsilon;
    - the missing rate and its change against the reference (absolute difference);
    - for the score (the calibrated probability), PSI against the training score distribution.
@@ -20,8 +24,14 @@ missingness change > 0.1, but only when the difference is also beyond sampling n
 segments (a tumour marker at one lab in one year) cross 0.1 by chance. Without drift,
 n_eff * PSI is approximately chi-squared with (bins - 1) degrees of freedom (PSI ~ Pearson's
 chi-squared / n for small differences; n_eff = 1 / (1/n + 1/n_reference)), and the missingness
-change is a difference of two proportions; a flag needs p < 0.001 as well. Segments with fewer
-than `min_rows` observed values get no PSI.
+change is a difference of two proportions; a flag needs p < 0.001 / (tests in the table) as well
+(Bonferroni: a table holds thousands of tests, features x labs x years, and at p < 0.001 each a
+few would cross by chance in every replay). Segments with fewer than `min_rows` observed values
+get no PSI, with fewer than `min_rows` rows no missingness test.
+
+3. `flagged`, `flag_groups`, `drift_summary` and `console_summary` read a drift table: the flags,
+   grouped by feature and lab for the manifest and the console. Differences between labs that
+   stand since training are not drift; `standing_differences` lists them.
 """
 
 from __future__ import annotations
@@ -32,25 +42,42 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from scipy import stats as scipy_stats
 
 from models.reference import psi
+from training.evaluation.drift_reference import (
+    MIN_ROWS,
+    MISSINGNESS_CHANGE,
+    NOISE_P_VALUE,
+    POOLED,
+    PSI_MAJOR,
+    PSI_MODERATE,
+    SCORE,
+    Expected,
+    feature_stats,
+    lab_expected,
+    lab_mix,
+    noise_threshold,
+    proportion_p_value,
+    psi_flag,
+    psi_p_value,
+)
+from training.evaluation.drift_reference import STANDING_COLUMNS as STANDING_COLUMNS
+from training.evaluation.drift_reference import standing_differences as standing_differences
 
 FloatArray = npt.NDArray[np.float64]
 ALL = "all"
 UNKNOWN_PERIOD = "unknown"
-SCORE = "score"  # the feature name under which the score's counts are kept
-PSI_MODERATE = 0.1
-PSI_MAJOR = 0.25
-MISSINGNESS_CHANGE = 0.1
-MIN_ROWS = 100
-NOISE_P_VALUE = 0.001  # a flag also needs the change to be this unlikely without drift
 COUNT_COLUMNS = ["period", "lab", "feature", "bin", "count"]
 DRIFT_COLUMNS = [
     "feature", "kind", "lab", "period", "n", "n_observed", "missing_rate",
     "reference_missing_rate", "missing_change", "missing_p_value", "psi", "psi_p_value", "psi_flag",
-    "missingness_flag", "flagged",
+    "missingness_flag", "flagged", "reference",
 ]  # fmt: skip
+COLUMN_TYPES = {
+    "n": np.int64, "n_observed": np.int64, "missing_rate": float, "reference_missing_rate": float,
+    "missing_change": float, "missing_p_value": float, "psi": float, "psi_p_value": float,
+    "missingness_flag": bool, "flagged": bool,
+}  # fmt: skip
 
 
 def period_labels(dates: pd.Series) -> npt.NDArray[np.object_]:
@@ -181,90 +208,57 @@ def combine_counts(parts: Iterable[pd.DataFrame]) -> pd.DataFrame:
     return summed.reset_index().astype({"bin": np.int64, "count": np.int64})
 
 
-def _rollups(counts: pd.DataFrame) -> pd.DataFrame:
-    """Counts at every level: (period, lab), (period, all), (all, lab) and (all, all)."""
-    levels = [counts]
-    for keep in (["period"], ["lab"], []):
-        summed = counts.groupby([*keep, "feature", "bin"], sort=False)["count"].sum().reset_index()
-        for column in ("period", "lab"):
-            if column not in keep:
-                summed[column] = ALL
-        levels.append(summed[COUNT_COLUMNS])
-    both = pd.concat(levels, ignore_index=True)
-    return both.drop_duplicates(["period", "lab", "feature", "bin"])
-
-
-def observed_shares(shares: Sequence[float]) -> FloatArray:
-    """Reference value-bin shares renormalised over the observed values (missing bin dropped)."""
-    values = np.asarray(shares[:-1], dtype=np.float64)
-    total = values.sum()
-    return values / total if total > 0 else np.full(len(values), np.nan)
-
-
-def psi_flag(value: float, p_value: float = 0.0) -> str:
-    """`major` above 0.25, `moderate` above 0.1, else empty; empty too when the PSI is within
-    sampling noise (`p_value` >= NOISE_P_VALUE) or NaN."""
-    if not np.isfinite(value) or not p_value < NOISE_P_VALUE:
-        return ""
-    if value > PSI_MAJOR:
-        return "major"
-    return "moderate" if value > PSI_MODERATE else ""
-
-
-def psi_p_value(value: float, n: int, n_reference: float, bins: int) -> float:
-    """How likely a PSI at least this large is without drift: n_eff * PSI ~ chi2(bins - 1)."""
-    if not np.isfinite(value) or n <= 0 or bins < 2:
-        return float("nan")
-    n_eff = 1.0 / (1.0 / n + (1.0 / n_reference if n_reference > 0 else 0.0))
-    return float(scipy_stats.chi2.sf(n_eff * value, bins - 1))
-
-
-def proportion_p_value(rate: float, n: int, reference_rate: float, n_reference: float) -> float:
-    """Two-sided p-value of a difference between two proportions (normal approximation)."""
-    if n <= 0 or not np.isfinite(rate):
-        return float("nan")
-    pooled = (rate * n + reference_rate * n_reference) / (n + n_reference)
-    variance = pooled * (1 - pooled) * (1.0 / n + (1.0 / n_reference if n_reference > 0 else 0))
-    if variance <= 0:
-        return 1.0 if rate == reference_rate else 0.0
-    return float(2 * scipy_stats.norm.sf(abs(rate - reference_rate) / np.sqrt(variance)))
+def _vectors(
+    counts: pd.DataFrame, stats: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[tuple[str, str], npt.NDArray[np.int64]]]:
+    """Per feature with reference statistics: the bin counts of each (lab, period) found, and of
+    each lab over all periods (period `all`)."""
+    summed = counts.groupby(["feature", "lab", "period", "bin"], sort=False)["count"].sum()
+    out: dict[str, dict[tuple[str, str], npt.NDArray[np.int64]]] = {}
+    for (feature, lab, period), group in summed.reset_index().groupby(
+        ["feature", "lab", "period"], sort=False
+    ):
+        if str(feature) not in stats:
+            continue
+        width = len(stats[str(feature)]["edges"]) + 2
+        vector = np.zeros(width, dtype=np.int64)
+        np.add.at(vector, group["bin"].to_numpy(np.int64), group["count"].to_numpy(np.int64))
+        segments_found = out.setdefault(str(feature), {})
+        segments_found[(str(lab), str(period))] = vector
+        segments_found.setdefault((str(lab), ALL), np.zeros(width, dtype=np.int64))
+        segments_found[(str(lab), ALL)] += vector
+    return out
 
 
 def _drift_row(
-    feature: str, vector: npt.NDArray[np.int64], stats: Mapping[str, Any], min_rows: int
+    feature: str, vector: npt.NDArray[np.int64], expected: Expected, min_rows: int
 ) -> dict[str, Any]:
     n = int(vector.sum())
     missing = int(vector[-1])
     observed = n - missing
-    expected = observed_shares(stats["shares"])
     value = (
-        psi(expected.tolist(), (vector[:-1] / observed).tolist())
-        if observed >= min_rows and np.isfinite(expected).all()
+        psi(expected.shares.tolist(), (vector[:-1] / observed).tolist())
+        if observed >= min_rows and np.isfinite(expected.shares).all()
         else float("nan")
     )
-    reference_missing = float(stats.get("missing_rate", 0.0))
-    reference_n = float(stats.get("n", 0))
-    value_p = psi_p_value(value, observed, reference_n * (1 - reference_missing), len(expected))
+    value_p = psi_p_value(value, observed, expected.n_observed, len(expected.shares))
     missing_rate = missing / n if n else float("nan")
-    change = missing_rate - reference_missing
-    missing_p = proportion_p_value(missing_rate, n, reference_missing, reference_n)
-    missingness = bool(
-        n >= min_rows and abs(change) > MISSINGNESS_CHANGE and missing_p < NOISE_P_VALUE
+    missing_p = (
+        proportion_p_value(missing_rate, n, expected.missing_rate, expected.n)
+        if n >= min_rows
+        else float("nan")
     )
-    flag = psi_flag(value, value_p)
     return {
         "feature": feature,
         "n": n,
         "n_observed": observed,
         "missing_rate": missing_rate,
-        "reference_missing_rate": reference_missing,
-        "missing_change": change,
+        "reference_missing_rate": expected.missing_rate,
+        "missing_change": missing_rate - expected.missing_rate,
         "missing_p_value": missing_p,
         "psi": value,
         "psi_p_value": value_p,
-        "psi_flag": flag,
-        "missingness_flag": missingness,
-        "flagged": bool(flag) or missingness,
+        "reference": expected.source,
     }
 
 
@@ -278,28 +272,30 @@ def drift_table(
     """PSI, missing rate and flags per feature (and score) at every level of period and lab.
 
     `counts` comes from `bin_counts`/`combine_counts`; `kinds` names each feature's kind
-    (analyte, derived, demographic, context; the score is `score`). Rows are ordered by feature
-    (reference order, score last), then lab and period with `all` first.
+    (analyte, derived, demographic, context; the score is `score`). A lab's rows are compared
+    with its own reference, all labs' with the lab mix, and `reference` says which (module
+    docstring). Rows are ordered by feature (reference order, score last), then lab and period
+    with `all` first. Empty counts give an empty table with the same columns.
     """
-    stats: dict[str, Mapping[str, Any]] = dict(reference.get("features", {}))
-    if "score" in reference:
-        stats[SCORE] = reference["score"]
+    stats = feature_stats(reference)
     kinds = {**(kinds or {}), SCORE: "score"}
     rows: list[dict[str, Any]] = []
-    if len(counts):
-        rolled = _rollups(counts)
-        for (feature, lab, period), group in rolled.groupby(
-            ["feature", "lab", "period"], sort=False
-        ):
-            if feature not in stats:
-                continue
-            width = len(stats[feature]["edges"]) + 2
-            vector = np.zeros(width, dtype=np.int64)
-            np.add.at(vector, group["bin"].to_numpy(np.int64), group["count"].to_numpy(np.int64))
-            row = _drift_row(str(feature), vector, stats[feature], min_rows)
-            rows.append({**row, "kind": kinds.get(str(feature), "feature"), "lab": lab,
+    for feature, found in (_vectors(counts, stats) if len(counts) else {}).items():
+        kind = kinds.get(feature, "feature")
+        for period in dict.fromkeys(period for _, period in found):
+            here = {lab: vector for (lab, p), vector in found.items() if p == period}
+            for lab, vector in here.items():
+                if lab != ALL:
+                    row = _drift_row(
+                        feature, vector, lab_expected(reference, feature, lab), min_rows
+                    )
+                    rows.append({**row, "kind": kind, "lab": lab, "period": period})
+            composition = {lab: (int(v.sum()), int(v.sum() - v[-1])) for lab, v in here.items()}
+            expected = lab_mix(reference, feature, composition)
+            total = np.sum(list(here.values()), axis=0)
+            rows.append({**_drift_row(feature, total, expected, min_rows), "kind": kind, "lab": ALL,
                          "period": period})  # fmt: skip
-    table = pd.DataFrame(rows, columns=DRIFT_COLUMNS)
+    table = _flags(pd.DataFrame(rows, columns=DRIFT_COLUMNS)).astype(COLUMN_TYPES)
     order = {name: i for i, name in enumerate(stats)}
     table = table.assign(
         _feature=table["feature"].map(order),
@@ -310,22 +306,87 @@ def drift_table(
     return table.drop(columns=["_feature", "_lab", "_period"]).reset_index(drop=True)
 
 
+def table_noise_threshold(table: pd.DataFrame) -> float:
+    """The p-value a flag in this table needs (`noise_threshold` over its PSI and missingness
+    tests)."""
+    tests = [*table["psi_p_value"].astype(float), *table["missing_p_value"].astype(float)]
+    return noise_threshold(tests)
+
+
+def _flags(table: pd.DataFrame) -> pd.DataFrame:
+    """The PSI and missingness flags of a table whose p-values are filled in."""
+    alpha = table_noise_threshold(table)
+    psi_flags = [
+        psi_flag(v, p, alpha)
+        for v, p in zip(table["psi"].astype(float), table["psi_p_value"].astype(float), strict=True)
+    ]
+    missingness = (table["missing_change"].astype(float).abs() > MISSINGNESS_CHANGE) & (
+        table["missing_p_value"].astype(float) < alpha
+    )
+    return table.assign(
+        psi_flag=pd.Series(psi_flags, index=table.index, dtype=object),
+        missingness_flag=missingness,
+        flagged=missingness | (pd.Series(psi_flags, index=table.index, dtype=object) != ""),
+    )
+
+
 def flagged(table: pd.DataFrame) -> pd.DataFrame:
     """The flagged rows of a drift table, largest PSI first (then largest missingness change)."""
-    rows = table[table["flagged"]]
+    rows = table.loc[table["flagged"].astype(bool)]
     order = rows.assign(
-        _psi=rows["psi"].fillna(-1.0), _missing=rows["missing_change"].abs()
+        _psi=rows["psi"].astype(float).fillna(-1.0), _missing=rows["missing_change"].abs()
     ).sort_values(["_psi", "_missing"], ascending=False, kind="stable")
     return order.drop(columns=["_psi", "_missing"]).reset_index(drop=True)
 
 
+def _period_order(periods: Iterable[str]) -> list[str]:
+    """Distinct periods in order, `all` last."""
+    return sorted(set(periods), key=lambda p: (p == ALL, p))
+
+
+def flag_groups(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """The flags grouped by feature and lab, biggest first (largest PSI, then largest
+    missingness change): the periods flagged, the largest PSI and the largest missingness change
+    (signed; None without such a flag), the periods of each kind of flag, and the rows."""
+    groups: list[dict[str, Any]] = []
+    for (feature, lab), group in flagged(table).groupby(["feature", "lab"], sort=False):
+        major = group[group["psi_flag"] == "major"]
+        moderate = group[group["psi_flag"] == "moderate"]
+        missing = group[group["missingness_flag"]]
+        psi_rows = group[group["psi_flag"] != ""]
+        change = missing["missing_change"].to_numpy(np.float64)
+        groups.append(
+            {
+                "feature": str(feature),
+                "lab": str(lab),
+                "periods": _period_order(group["period"]),
+                "max_psi": float(psi_rows["psi"].max()) if len(psi_rows) else None,
+                "missing_change": float(change[np.abs(change).argmax()]) if len(change) else None,
+                "flags": len(group),
+                "psi_major": _period_order(major["period"]),
+                "psi_moderate": _period_order(moderate["period"]),
+                "missingness": _period_order(missing["period"]),
+            }
+        )
+    return sorted(
+        groups,
+        key=lambda g: (
+            -1.0 if g["max_psi"] is None else g["max_psi"],
+            0.0 if g["missing_change"] is None else abs(g["missing_change"]),
+        ),
+        reverse=True,
+    )
+
+
 def drift_summary(table: pd.DataFrame) -> dict[str, Any]:
-    """A JSON-ready digest for a manifest: thresholds, counts of flags, and the flagged rows."""
+    """A JSON-ready digest for a manifest: thresholds, what each row was compared with, counts
+    of flags, the flags grouped by feature and lab (`flag_groups`), and the flagged rows."""
     rows = flagged(table)
     records = [
         {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
         for r in rows.to_dict("records")
     ]
+    compared = table["reference"].value_counts() if "reference" in table else pd.Series()
     return {
         "thresholds": {
             "psi_moderate": PSI_MODERATE,
@@ -333,11 +394,75 @@ def drift_summary(table: pd.DataFrame) -> dict[str, Any]:
             "missingness_change": MISSINGNESS_CHANGE,
             "min_rows": MIN_ROWS,
             "noise_p_value": NOISE_P_VALUE,
+            "tests": int(
+                np.isfinite(table["psi_p_value"].astype(float)).sum()
+                + np.isfinite(table["missing_p_value"].astype(float)).sum()
+            ),
+            "p_value_threshold": table_noise_threshold(table),
         },
         "psi_values": "observed values only; missingness is judged separately",
+        "compared_with": {str(k): int(v) for k, v in compared.items()},
         "flagged": len(rows),
         "major": int((rows["psi_flag"] == "major").sum()),
         "moderate": int((rows["psi_flag"] == "moderate").sum()),
         "missingness": int(rows["missingness_flag"].sum()),
+        "by_group": flag_groups(table),
         "rows": records,
     }
+
+
+def _periods_text(periods: Sequence[str]) -> str:
+    """Flagged periods in words: years, runs of three or more as a range ("2011-2019"); `all`
+    alone (a change seen only over the whole replay) as "over all years"."""
+    years = sorted(int(p) for p in periods if p.isdigit())
+    others = [p for p in periods if not p.isdigit() and p != ALL]
+    if not years and not others:
+        return "over all years"
+    runs: list[list[int]] = []
+    for year in years:
+        if runs and year == runs[-1][-1] + 1:
+            runs[-1].append(year)
+        else:
+            runs.append([year])
+    words = [
+        f"{run[0]}\u2013{run[-1]}" if len(run) >= 3 else ", ".join(map(str, run)) for run in runs
+    ]
+    return "in " + ", ".join([*words, *others])
+
+
+def _group_line(group: Mapping[str, Any]) -> str:
+    """One line of `console_summary`."""
+    where = "all labs" if group["lab"] == ALL else group["lab"]
+    severities = [
+        f"{severity} {_periods_text(group[f'psi_{severity}'])}"
+        for severity in ("major", "moderate")
+        if group[f"psi_{severity}"]
+    ]
+    parts = [f"PSI {'; '.join(severities)} (max {group['max_psi']:.2f})"] if severities else []
+    if group["missingness"]:
+        change, periods = group["missing_change"], _periods_text(group["missingness"])
+        parts.append(f"missingness {change:+.2f} {periods}")
+    return f"{group['feature']} at {where}: {'; '.join(parts)}"
+
+
+def console_summary(table: pd.DataFrame, limit: int = 8) -> list[str]:
+    """The flags in a few lines: one per feature and lab, biggest first (`flag_groups`), e.g.
+    "albumin at lab_c: PSI major in 2017-2019 (max 4.50)"; past `limit` groups, a last line
+    "... and N more groups"; ["no drift flags"] without flags. A last line says so when every lab
+    was compared with the pooled reference (a model saved before per-lab references)."""
+    groups = flag_groups(table)
+    lines = [_group_line(g) for g in groups[:limit]] or ["no drift flags"]
+    if len(groups) > limit:
+        lines.append(f"\u2026 and {len(groups) - limit} more groups")
+    if _pooled_only(table):
+        lines.append(
+            "every lab compared with the pooled training reference: this model has no per-lab "
+            "reference (retrain to judge each lab against its own)"
+        )
+    return lines
+
+
+def _pooled_only(table: pd.DataFrame) -> bool:
+    """Whether the table has labs but none was compared with its own reference."""
+    labs = table[table["lab"] != ALL]
+    return "reference" in table and len(labs) > 0 and bool((labs["reference"] == POOLED).all())

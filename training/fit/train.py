@@ -311,12 +311,13 @@ def rule_out_levels(spec: ModelSpec, x: pd.DataFrame) -> dict[str, np.ndarray]:
 def build_predictor(
     fitted: Fitted, spec: ModelSpec, x_cal: pd.DataFrame, y_cal: np.ndarray, groups: np.ndarray,
     seed: int, num_threads: int, metadata: dict[str, Any] | None = None,
-    training: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None, labs: np.ndarray | None = None,
 ) -> tuple[TriagePredictor, dict[str, dict[str, Any]]]:  # fmt: skip
     """A family's predictor with its own thresholds and reference statistics, both from the
     calibration period (out of sample; population-weighted for a case-control sample), and
     `training`: its inputs' missing rates in the training rows (`training_missing`), which make
-    the inputs it never saw missing required at scoring."""
+    the inputs it never saw missing required at scoring. `labs` (the calibration rows' labs)
+    adds a reference per lab, against which replay judges each lab's drift."""
     untuned = TriagePredictor(
         spec=spec, booster=fitted.model, calibration=fitted.calibration,
         thresholds=Thresholds(None, None), num_threads=num_threads,
@@ -325,7 +326,7 @@ def build_predictor(
     weights = sample_weights(fitted.calibration, x_cal, y_cal)
     within = rule_out_levels(spec, x_cal)
     thresholds, choices = choose_thresholds(y_cal, p_cal, spec, groups, weights, seed, within)
-    reference = reference_statistics(x_cal, p_cal, weights)
+    reference = reference_statistics(x_cal, p_cal, weights, labs)
     if training is not None:
         reference["training"] = training
     predictor = TriagePredictor(
@@ -388,8 +389,11 @@ def train_model(spec: ModelSpec, options: TrainOptions) -> TrainResult:
     }
     cal = (x["calibrate"], y["calibrate"], groups["calibrate"], seed, options.num_threads)
     seen = training_missing([x["train"], x["stop"]])  # the training period: fit + early stopping
-    predictor, choices = build_predictor(chosen, spec, *cal, metadata=provenance, training=seen)
-    comparator, comparator_choices = build_predictor(other, spec, *cal, training=seen)
+    labs = periods["calibrate"]["lab"].to_numpy() if "lab" in periods["calibrate"] else None
+    predictor, choices = build_predictor(
+        chosen, spec, *cal, metadata=provenance, training=seen, labs=labs
+    )
+    comparator, comparator_choices = build_predictor(other, spec, *cal, training=seen, labs=labs)
     provenance["thresholds"] = choices
 
     p_eval = predictor.probability(x["evaluate"])
