@@ -14,6 +14,9 @@ from training.console import make_console
 
 if TYPE_CHECKING:
     from training.cohorts.reader import Source
+    from training.replay.outputs import ReplayResult
+
+NOTHING_SCORED_STATUS = 3  # the replay ran, but a model scored no row (see the command's help)
 
 
 @app.command()
@@ -54,11 +57,17 @@ def replay(
         typer.Option("--to", formats=["%Y-%m-%d"], help="only index dates on or before (ISO)"),
     ] = None,
 ) -> None:
-    """Replay a cohort through pinned model version(s): scores, drift, evaluation, what-if."""
+    """Replay a cohort through pinned model version(s): scores, drift, evaluation, what-if.
+
+    Exit status 0: rows were scored, every output is written.
+
+    Exit status 3: a model scored no row; the console and manifest.json say why; no report.
+
+    Exit status 2: unusable input (e.g. a column the model needs is missing); nothing written.
+    """
     from rich.progress import Progress
 
     from training.cohorts.reader import open_cohort
-    from training.evaluation.drift import flagged as flagged_drift
     from training.replay.options import ReplayOptions
     from training.replay.run import replay as run_replay
 
@@ -108,17 +117,35 @@ def replay(
             str(total.get("cancers green", "-")),
         )  # fmt: skip
     console.print(table)
+    for line in replay_lines(result):
+        console.print(line, markup=False, highlight=False)
+    if result.manifest["nothing_scored"]:
+        raise typer.Exit(NOTHING_SCORED_STATUS)
+
+
+def replay_lines(result: ReplayResult) -> list[str]:
+    """What the console says after the table: per model the ineligible rows by reason and the
+    drift flags grouped by feature and lab; the paired AUC difference; the outputs; and, when a
+    model scored nothing, why and that there is no report."""
+    from training.evaluation.drift import console_summary
+    from training.replay.outputs import by_count
+
+    lines = []
     for outcome in result.models:
-        reasons = ", ".join(f"{k} {v:,}" for k, v in outcome.summary.exclusions.most_common())
-        console.print(f"{outcome.pinned.label}: ineligible (kept in the scores): {reasons or '-'}")
-        flagged = flagged_drift(outcome.drift)
-        for row in flagged[flagged["psi_flag"] == "major"].head(5).to_dict("records"):
-            console.print(
-                f"  drift: {row['feature']} at {row['lab']} lab(s), {row['period']}: "
-                f"PSI {row['psi']:.2f} (major)"
-            )
+        reasons = ", ".join(f"{k} {v:,}" for k, v in by_count(outcome.summary.exclusions))
+        lines.append(f"{outcome.pinned.label}: ineligible (kept in the scores): {reasons or '-'}")
+        flags = int(outcome.drift["flagged"].sum())
+        if flags:
+            lines.append(f"{outcome.pinned.label}: drift flags {flags:,}, by feature and lab:")
+            lines += [f"  {line}" for line in console_summary(outcome.drift)]
+        else:
+            lines.append(f"{outcome.pinned.label}: no drift flags")
     diff = (result.comparison or {}).get("auc_difference")
     if diff:
         a, b = result.comparison["models"]  # type: ignore[index]
-        console.print(f"AUC {a} - {b}: {_fmt_ci(diff)} (paired bootstrap)")
-    console.print(f"outputs in {out}: {', '.join(result.manifest['outputs'])}")
+        lines.append(f"AUC {a} - {b}: {_fmt_ci(diff)} (paired bootstrap)")
+    lines.append(f"outputs in {result.out}: {', '.join(result.manifest['outputs'])}")
+    if result.manifest["nothing_scored"]:
+        lines.append(f"nothing scored: {result.manifest['reason']}")
+        lines.append("no report: there are no scored rows to evaluate; see manifest.json")
+    return lines

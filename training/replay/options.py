@@ -143,13 +143,19 @@ def pin_model(tracking: Tracking, ref: str, dest: Path, *, num_threads: int = 0)
 
 
 def check_columns(columns: Sequence[str], spec: ModelSpec) -> None:
-    """Fail early, naming the column, when the cohort cannot be replayed through this model."""
-    needed = ["patient_id", spec.split.date_column]
+    """Fail early, naming the column, when the cohort cannot be replayed through this model: the
+    patient id, the index date, the model's demographics (without one, no row is eligible) and
+    the pathway when the model needs it."""
+    needed = ["patient_id", spec.split.date_column, *spec.features.demographics]
     if spec.cohort.pathways or "pathway" in spec.features.context:
         needed.append("pathway")
     missing = [c for c in needed if c not in columns]
     if missing:
-        raise CohortError(f"the cohort lacks columns {missing} needed to replay {spec.name}")
+        hints = ", ".join(f"YOUR_COLUMN: {{code: {c}}}" for c in missing)
+        raise CohortError(
+            f"the cohort lacks columns {missing} needed to replay {spec.name}; if yours have "
+            f"other names, map them in the spec: column_map: {{{hints}}}"
+        )
 
 
 def replay_seed(models: Sequence[ReplayModel], options: ReplayOptions) -> int:

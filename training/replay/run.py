@@ -12,9 +12,7 @@ from pathlib import Path
 
 from training.cohorts.reader import open_cohort
 from training.json_files import write_json
-from training.registry.store import (
-    Tracking,
-)
+from training.registry.store import Tracking
 from training.replay.local import replay_local
 from training.replay.options import (
     ProgressCallback,
@@ -31,8 +29,10 @@ from training.replay.outputs import (
     build_manifest,
     clear_outputs,
     finish_model,
+    index_dates,
     write_outputs,
 )
+from training.replay.summaries import in_canonical_order
 
 # --- the orchestrator -----------------------------------------------------------------------------
 
@@ -71,10 +71,10 @@ def replay_models(
     spec = models[0].predictor.spec  # the cohort is read in the (first) model's terms
     period = options.date_range(spec)
     cohort = open_cohort(options.cohort, options.window_days, options.source, spec, period)
+    for model in models:  # before touching `out`: a refused replay leaves it as it was
+        check_columns(cohort.columns(), model.predictor.spec)
     options.out.mkdir(parents=True, exist_ok=True)
     clear_outputs(options.out)
-    for model in models:
-        check_columns(cohort.columns(), model.predictor.spec)
     seed = replay_seed(models, options)
     started = time.perf_counter()
     if options.engine == "spark":
@@ -83,12 +83,14 @@ def replay_models(
         summaries = replay_spark(models, cohort, options, progress)
     else:
         summaries = replay_local(models, cohort, options, progress)
+    for summary in summaries:  # the same row and level order from either engine
+        summary.evaluation = in_canonical_order(summary.evaluation)
     timings["score"] = time.perf_counter() - started
 
     started = time.perf_counter()
     outcomes = [finish_model(m, s, options, seed) for m, s in zip(models, summaries, strict=True)]
     comparison = None
-    if len(models) == 2:
+    if len(models) == 2 and all(len(s.evaluation) for s in summaries):  # rows to pair
         comparison = compare_models(
             summaries[0].evaluation, summaries[1].evaluation,
             (labels[0], labels[1]), models[0].predictor.spec.outcome.column,
@@ -103,6 +105,7 @@ def replay_models(
         "sha256": cohort.digest(),
         "rows": outcomes[0].summary.rows,
         "period": None if period is None else {"start": str(period.start), "end": str(period.end)},
+        "index_dates": index_dates(outcomes[0].summary.scores_files),
     }
     outputs = [p for o in outcomes for p in o.summary.scores_files]
     outputs += write_outputs(outcomes, models, comparison, info, options, seed)

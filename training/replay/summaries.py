@@ -118,6 +118,34 @@ def evaluation_rows(
     return pd.concat([head, extras], axis=1)
 
 
+def level_order(levels: Sequence[Any]) -> list[Any]:
+    """Subgroup levels in the order every output lists them: numerically when every level is a
+    number (deprivation deciles 1, 2, ..., 10, as numbers or text), else as text."""
+    try:
+        return sorted(levels, key=float)
+    except (TypeError, ValueError):
+        return sorted(levels, key=str)
+
+
+def in_canonical_order(evaluation: pd.DataFrame) -> pd.DataFrame:
+    """The scored rows in cohort order (`ROW_ID`) with every subgroup's categories in
+    `level_order`, whichever engine produced them and however its chunks or partitions fell:
+    the one place that fixes the order of rows, subgroups and levels in metrics.json and the
+    report (the columns follow the spec's subgroups, see `evaluation.model.evaluate_model`).
+    Columns are replaced in place rather than the frame copied: it can hold a national cohort."""
+    if evaluation.empty:
+        return evaluation
+    if not evaluation[ROW_ID].is_monotonic_increasing:
+        evaluation = evaluation.sort_values(ROW_ID, kind="stable").reset_index(drop=True)
+    for name in evaluation.columns:
+        column = evaluation[name]
+        if isinstance(column.dtype, pd.CategoricalDtype) and name != "band":
+            order = level_order(list(column.cat.categories))
+            if order != list(column.cat.categories):
+                evaluation[name] = column.cat.reorder_categories(order)
+    return evaluation
+
+
 def tally_rows(
     period: npt.NDArray[np.object_],
     eligible: npt.NDArray[np.bool_],
