@@ -209,6 +209,9 @@ class TriagePredictor:
         return self._booster_predict(x, raw_score=True)
 
     def _booster_predict(self, x: FloatArray, **kwargs: bool) -> FloatArray:
+        if len(x) == 0:  # LightGBM divides by the row count for contributions: no rows, no call
+            width = (x.shape[1] + 1,) if kwargs.get("pred_contrib") else ()
+            return np.zeros((0, *width), dtype=np.float64)
         result = self.booster.predict(x, num_threads=self.num_threads, **kwargs)
         return np.asarray(result, dtype=np.float64)
 

@@ -1,23 +1,29 @@
-"""One chunk of a cohort through one model, laid out as rows of the score file: keys, index date,
-model, version, status, probability, band, warning codes, reasons (and with explanations the base
-and one column of contributions per feature). The scoring itself is `models.scoring.score_frame`.
+"""A cohort in chunks, cut the same way by both engines, and one chunk through one model, laid out
+as rows of the score file: keys, index date, model, version, status, probability, band, warning
+codes, reasons (and with explanations the base and one column of contributions per feature). The
+scoring itself is `models.scoring.score_frame`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
+from math import ceil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from models.predictor import TriagePredictor
 from models.scoring import WARNING_CODES, score_frame, timed
 from models.triage import BANDS
+from training.cohorts.reader import CohortSource
 from training.replay.options import FloatArray
 
 KEY_COLUMNS = ("patient_id", "referral_id")
@@ -25,6 +31,56 @@ SCORED, INELIGIBLE = "scored", "ineligible"
 CONTRIBUTION_PREFIX = "contrib__"
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_statistics": True}
 BAND_TYPE = pd.CategoricalDtype(list(BANDS))
+
+
+# --- the cohort in chunks -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One chunk of a wide Parquet cohort: batch `batch` (of `chunk_rows` rows) of row group
+    `row_group` of the file at `path`."""
+
+    path: str
+    row_group: int
+    batch: int
+
+
+def parquet_pieces(files: Sequence[Path], chunk_rows: int) -> list[Piece]:
+    """The chunks of wide Parquet files, in order: per file and row group, batches of at most
+    `chunk_rows` rows (a chunk never spans row groups, so each can be read on its own)."""
+    pieces = []
+    for file in files:
+        metadata = pq.ParquetFile(file).metadata
+        for group in range(metadata.num_row_groups):
+            batches = ceil(metadata.row_group(group).num_rows / chunk_rows)
+            pieces += [Piece(str(Path(file).resolve()), group, b) for b in range(batches)]
+    return pieces
+
+
+def _row_group_batches(path: str | Path, group: int, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    """Batches of one row group: how both engines cut a wide Parquet file."""
+    return pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, row_groups=[group])
+
+
+def read_piece(piece: Piece, cohort: CohortSource, chunk_rows: int) -> pd.DataFrame:
+    """One chunk of a wide Parquet cohort, prepared in the cohort's terms (`prepare`)."""
+    batches = _row_group_batches(piece.path, piece.row_group, chunk_rows)
+    batch = next(islice(batches, piece.batch, None))
+    return cohort.prepare(batch.to_pandas())
+
+
+def cohort_chunks(cohort: CohortSource, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The cohort in chunks of at most `chunk_rows` rows, in its order, as both engines cut it:
+    wide Parquet as `parquet_pieces` (so that the Spark engine's executors can each read their
+    own chunk and get the same rows), anything else as `CohortSource.chunks` does."""
+    if cohort.kind != "wide_parquet":
+        yield from cohort.chunks(chunk_rows)
+        return
+    for file in cohort.files:
+        for group in range(pq.ParquetFile(file).metadata.num_row_groups):
+            for batch in _row_group_batches(file, group, chunk_rows):
+                yield cohort.prepare(batch.to_pandas())
 
 
 # --- one chunk through one model ------------------------------------------------------------------

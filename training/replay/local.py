@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from training.cohorts.reader import CohortSource
 from training.evaluation import drift
-from training.replay.chunks import PARQUET_OPTIONS, score_chunk, scores_schema
+from training.replay.chunks import PARQUET_OPTIONS, cohort_chunks, score_chunk, scores_schema
 from training.replay.options import ProgressCallback, ReplayModel, ReplayOptions, replay_seed
 from training.replay.summaries import Accumulator, PassSummary, lab_labels
 
@@ -27,9 +27,11 @@ def scores_path(out: Path, models: Sequence[ReplayModel]) -> list[Path]:
     return [out / f"scores_{m.pinned.stem}.parquet" for m in models]
 
 
-class _ScoreWriter:
+class ScoreWriter:
     """One model's score file, written in a background thread (pyarrow releases the GIL), one
-    table at a time and in order, so that writing overlaps the scoring of the next chunk."""
+    table at a time and in order, so that writing overlaps the scoring of the next chunk: one
+    row group per chunk. Both engines write through it, so that the same chunks give the same
+    bytes."""
 
     def __init__(self, path: Path, pool: ThreadPoolExecutor) -> None:
         self.path, self.pool = path, pool
@@ -72,8 +74,8 @@ def replay_local(
     scratch = np.empty(width * options.chunk_rows, dtype=np.float64)  # pages touched on use
     read_seconds, done = 0.0, 0
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as background:
-        writers = [_ScoreWriter(path, background) for path in scores_path(options.out, models)]
-        chunks = cohort.chunks(options.chunk_rows)
+        writers = [ScoreWriter(path, background) for path in scores_path(options.out, models)]
+        chunks = cohort_chunks(cohort, options.chunk_rows)
         try:
             started = time.perf_counter()
             frame = next(chunks, None)

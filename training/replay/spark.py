@@ -1,26 +1,38 @@
-"""The Spark engine of `triage replay`: the same `score_chunk` on every partition, via mapInPandas.
+"""The Spark engine of `triage replay`: the local engine's chunks, scored on the executors.
+
+Its outputs are the local engine's files, byte for byte, by construction: a chunk here is a
+chunk of the local engine (the same rows, read by the same pyarrow calls and prepared by the same
+`CohortSource.prepare`), each executor runs the local engine's own per-chunk steps
+(`score_chunk`, then `Accumulator.add` on the chunk), and the driver takes the results in cohort
+order, writes the score file with the local engine's `ScoreWriter` and merges the per-chunk
+summaries as the local engine's `Accumulator` would have kept them.
 
 `pyspark` (the optional extra `spark`) is imported inside the functions, so this module, and the
 package, import without it.
 
 - **Session.** In local mode (`local[N]`, the default outside spark-submit) the Python workers
   run this interpreter (`PYSPARK_PYTHON`/`PYSPARK_DRIVER_PYTHON`) and the driver binds to
-  127.0.0.1; under spark-submit the cluster's master and Python are used as configured. The
-  session time zone is UTC; Parquet nanosecond timestamps (as pandas writes them) are read as
-  epoch nanoseconds, which `score_chunk` turns back into dates. A session this module starts is
-  stopped at the end (in local mode with its JVM); one that was already running is left alone.
+  127.0.0.1; under spark-submit the cluster's master and Python are used as configured. A session
+  this module starts is stopped at the end (in local mode with its JVM); one that was already
+  running is left alone.
 - **Model.** Each pinned predictor folder is shipped with `sparkContext.addFile(folder,
-  recursive=True)` and loaded once per partition from `SparkFiles.get` (one thread per task).
-- **Pass 1, per model:** `mapInPandas` runs `score_chunk` and returns the score rows plus the
-  slim evaluation columns; the result is persisted, the score rows are written sorted by key as
-  a Parquet folder, tallies, exclusions and warnings are Spark aggregations, and the scored rows'
-  slim evaluation frame (ids, date, outcome, probability, band, subgroups) is collected to the
-  driver for the evaluation (as in the local engine, that frame is what must fit in memory).
-- **Pass 2, per model:** `mapInPandas` counts the drift bins per partition; Spark sums them.
-- **Input.** Wide Parquet is read by Spark directly. A long cohort (as-of join) or a CSV is first
-  turned into a wide Parquet file by the driver (`training.cohorts.reader`), then read by Spark.
-- **Paths.** Cohort and output are `file://` paths: on a cluster they must sit on storage mounted
-  at the same path on the driver and the executors (NFS, a FUSE-mounted lake such as /dbfs).
+  recursive=True)` and loaded once per Python worker from `SparkFiles.get` (one thread).
+- **Chunks.** A wide Parquet cohort is planned as pieces (`chunks.parquet_pieces`: per file and
+  row group, batches of `chunk_rows` rows, the local engine's chunks), and each executor reads
+  its own piece from the file. Any other cohort (CSV, long tables as-of joined by the driver) is
+  read by the driver in chunks, each pickled into the scratch folder for an executor to load.
+- **Order and memory.** One partition per piece. One job scores every piece in parallel and
+  keeps the results on the executors (memory, then disk); the driver then fetches them one
+  partition at a time in cohort order (`toLocalIterator`), so it holds one chunk's score table
+  at a time, as the local engine does; the slim evaluation frame of the scored rows is what must
+  fit in its memory (as in the local engine).
+- **SHAP sample.** The local engine draws it per chunk from one seeded generator, in cohort
+  order; the driver makes the same draws once every chunk's eligible rows are known, and a small
+  second job reads the chosen rows' canonical values.
+- **Paths.** The executors read the cohort's Parquet files, and the chunks the driver pickles
+  into a scratch folder inside the output folder (removed at the end), by their plain paths: on a
+  cluster these must sit on storage mounted at the same path on the driver and the executors
+  (NFS, a FUSE-mounted lake such as /dbfs). Only the driver writes the outputs.
 """
 
 from __future__ import annotations
@@ -29,47 +41,51 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
-from models.triage import BANDS
+from models.predictor import TriagePredictor
 from training.cohorts.reader import CohortSource
 from training.evaluation import drift
-from training.evaluation.model import EXPLAINED_SAMPLE_ROWS
 from training.replay.chunks import (
-    INELIGIBLE,
-    KEY_COLUMNS,
-    SCORED,
-    key_type,
+    Piece,
+    ScoredChunk,
+    cohort_chunks,
+    parquet_pieces,
+    read_piece,
     score_chunk,
     scores_schema,
 )
-from training.replay.local import scores_path
-from training.replay.options import ProgressCallback, ReplayModel, ReplayOptions, replay_seed
-from training.replay.summaries import (
-    ROW_ID,
-    PassSummary,
-    evaluation_columns,
-    lab_labels,
-    subgroup_columns,
+from training.replay.local import ScoreWriter, scores_path
+from training.replay.options import (
+    PinnedModel,
+    ProgressCallback,
+    ReplayModel,
+    ReplayOptions,
+    replay_seed,
 )
+from training.replay.summaries import ROW_ID, Accumulator, PassSummary, lab_labels
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import DataType, StructType
+    from pyspark import RDD
+    from pyspark.sql import SparkSession
 
-EXTRA_PREFIX = "_e_"  # evaluation columns carried beside the score columns in pass 1
-COUNT_SCHEMA = "period string, lab string, feature string, bin long, count long"
+MERGE_COUNTS_EVERY = 16  # as the local engine: keep the running drift counts small
 
 
 def is_local(master: str | None) -> bool:
@@ -92,12 +108,7 @@ def spark_session(
         os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     running = SparkSession.getActiveSession()
-    builder = (
-        SparkSession.builder.appName(app_name)
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.sql.legacy.parquet.nanosAsLong", "true")
-    )
+    builder = SparkSession.builder.appName(app_name)
     if local:
         builder = (
             builder.master(master or "local[*]")
@@ -137,186 +148,193 @@ def _stop_jvm() -> None:
     SparkContext._jvm = None
 
 
-# --- schemas ------------------------------------------------------------------------------------
+# --- the chunks -----------------------------------------------------------------------------------
 
 
-def spark_type(kind: pa.DataType) -> DataType:
-    """The Spark type of an Arrow type of the score file."""
-    from pyspark.sql import types as st
-
-    if pa.types.is_list(kind):
-        return st.ArrayType(spark_type(kind.value_type))
-    simple: dict[pa.DataType, DataType] = {
-        pa.int64(): st.LongType(),
-        pa.float64(): st.DoubleType(),
-        pa.string(): st.StringType(),
-        pa.date32(): st.DateType(),
-    }
-    return simple[kind]
+def plan_pieces(cohort: CohortSource, chunk_rows: int, scratch: Path) -> list[Piece]:
+    """The cohort's chunks in the local engine's order (`chunks.cohort_chunks`): pieces of wide
+    Parquet files, or the chunks the driver read, each pickled into `scratch` (row group -1)."""
+    if cohort.kind == "wide_parquet":
+        return parquet_pieces(cohort.files, chunk_rows)
+    pieces = []
+    for number, frame in enumerate(cohort_chunks(cohort, chunk_rows)):
+        path = scratch / f"chunk-{number:06d}.pickle"
+        frame.to_pickle(path)
+        pieces.append(Piece(str(path.resolve()), row_group=-1, batch=0))
+    return pieces
 
 
-def extra_columns(columns: Sequence[str], outcome: str) -> dict[str, str]:
-    """The evaluation columns carried in pass 1 (name -> Spark type), from the cohort's columns."""
-    extras = {ROW_ID: "long", "period": "string", outcome: "double", "sex": "string",
-              "age": "double"}  # fmt: skip
-    if "true_risk" in columns:
-        extras["true_risk"] = "double"
-    return extras
+def _read(piece: Piece, cohort: CohortSource, chunk_rows: int) -> pd.DataFrame:
+    """One chunk: a piece of the cohort's Parquet files, or one the driver pickled."""
+    if piece.row_group < 0:
+        frame: pd.DataFrame = pd.read_pickle(piece.path)  # written by this replay's driver
+        return frame
+    return read_piece(piece, cohort, chunk_rows)
 
 
-def result_schema(scores: pa.Schema, extras: Mapping[str, str], text: Sequence[str]) -> StructType:
-    """Pass 1's output: the score columns, then `_e_`-prefixed evaluation columns."""
-    from pyspark.sql import types as st
-
-    fields = [st.StructField(f.name, spark_type(f.type), True) for f in scores]
-    names = {"long": st.LongType(), "double": st.DoubleType(), "string": st.StringType()}
-    fields += [
-        st.StructField(f"{EXTRA_PREFIX}{name}", names[kind], True) for name, kind in extras.items()
-    ]
-    fields += [st.StructField(f"{EXTRA_PREFIX}{name}", st.StringType(), True) for name in text]
-    return st.StructType(fields)
+# --- on the executors -----------------------------------------------------------------------------
 
 
-# --- the per-partition functions (run on the workers) -------------------------------------------
+@dataclass(frozen=True)
+class Job:
+    """What an executor needs to score a piece (the predictors travel as shipped folders)."""
+
+    cohort: CohortSource
+    pinned: tuple[PinnedModel, ...]
+    folders: tuple[str, ...]  # names given to `SparkContext.addFile`
+    chunk_rows: int
+    explain: bool
 
 
-def _plain_strings(frame: pd.DataFrame) -> pd.DataFrame:
-    """Text columns as object dtype: PySpark's Arrow conversion does not take pandas 3's
-    Arrow-backed `str` dtype."""
-    text = [c for c, kind in frame.dtypes.items() if isinstance(kind, pd.StringDtype)]
-    return frame.astype(dict.fromkeys(text, object)) if text else frame
+@dataclass
+class ChunkPart:
+    """One chunk through one model: its score rows and what `Accumulator.add` kept of it (the
+    evaluation rows numbered from 0 within the chunk)."""
+
+    table: pa.Table
+    tally: pd.DataFrame
+    exclusions: Counter[str]
+    warnings: Counter[str]
+    counts: pd.DataFrame
+    evaluation: pa.Table
+    eligible: npt.NDArray[np.bool_]
+    timings: dict[str, float] = field(default_factory=dict)
 
 
-def score_partitions(
-    batches: Iterator[pd.DataFrame],
-    *,
-    folder: str,
-    explain: bool,
-    version: str,
-    keys: Mapping[str, pa.DataType],
-    extras: Sequence[str],
-    text: Sequence[str],
-) -> Iterator[pd.DataFrame]:
-    """Pass 1 on one partition: load the shipped predictor once, score every batch."""
+_PREDICTORS: dict[str, TriagePredictor] = {}  # per Python worker: loaded once, reused by tasks
+
+
+def _predictor(folder: str) -> TriagePredictor:
     from pyspark import SparkFiles
 
-    from models.predictor import TriagePredictor
-
-    predictor = TriagePredictor.load(SparkFiles.get(folder), num_threads=1)
-    for batch in batches:
-        scored = score_chunk(predictor, batch, explain=explain, keys=keys, version=version)
-        out = scored.table.to_pandas()
-        extra = evaluation_columns(batch, scored, predictor.spec)
-        out[f"{EXTRA_PREFIX}{ROW_ID}"] = batch[ROW_ID].to_numpy(np.int64)
-        for name in [*extras, *text]:
-            if name == ROW_ID:
-                continue
-            column = extra[name] if name in extra else pd.Series(np.nan, index=extra.index)
-            if isinstance(column.dtype, pd.CategoricalDtype) or name in text:
-                column = column.astype(object).where(column.notna(), None)
-            out[f"{EXTRA_PREFIX}{name}"] = column.to_numpy()
-        yield _plain_strings(out)
+    if folder not in _PREDICTORS:
+        _PREDICTORS[folder] = TriagePredictor.load(SparkFiles.get(folder), num_threads=1)
+    return _PREDICTORS[folder]
 
 
-def count_partitions(
-    batches: Iterator[pd.DataFrame], *, folder: str, date_column: str
-) -> Iterator[pd.DataFrame]:
-    """Pass 2 on one partition: drift bin counts of the eligible rows (and their scores)."""
-    from pyspark import SparkFiles
-
-    from models.predictor import TriagePredictor
-
-    predictor = TriagePredictor.load(SparkFiles.get(folder), num_threads=1)
-    for batch in batches:
-        scored = score_chunk(predictor, batch)
-        eligible = scored.eligible
-        counts = drift.bin_counts(
-            scored.features,
-            predictor.reference,
-            drift.period_labels(batch[date_column])[eligible],
-            lab_labels(batch)[eligible],
-            score=scored.probability[eligible],
+def score_piece(piece: Piece, job: Job) -> tuple[int, list[ChunkPart]]:
+    """The local engine's per-chunk steps on one piece: its rows and one part per model."""
+    frame = _read(piece, job.cohort, job.chunk_rows)
+    models = [ReplayModel(p, _predictor(f)) for p, f in zip(job.pinned, job.folders, strict=True)]
+    period = drift.period_labels(frame[models[0].predictor.spec.split.date_column])
+    lab = lab_labels(frame)
+    parts = []
+    for model in models:
+        scored = score_chunk(
+            model.predictor, frame, explain=job.explain, version=model.pinned.version
         )
-        yield _plain_strings(counts)
+        kept = Accumulator(model, None, 0)  # this chunk's summaries (its sample is not used)
+        kept.add(frame, scored, period, lab)
+        parts.append(
+            ChunkPart(
+                table=scored.table,
+                tally=kept.tallies[0],
+                exclusions=kept.exclusions,
+                warnings=kept.warnings,
+                counts=kept.counts[0],
+                evaluation=kept.evaluation[0],
+                eligible=scored.eligible,
+                timings=kept.timings,
+            )
+        )
+    return len(frame), parts
 
 
-# --- the driver -----------------------------------------------------------------------------------
+def sample_values(
+    piece: Piece, job: Job, chosen: Sequence[npt.NDArray[np.int64]]
+) -> list[pd.DataFrame]:
+    """Canonical values of the chosen rows of one piece, per model (for the SHAP sample)."""
+    frame = _read(piece, job.cohort, job.chunk_rows)
+    values = []
+    for folder, rows in zip(job.folders, chosen, strict=True):
+        if len(rows) == 0:
+            values.append(pd.DataFrame())
+            continue
+        scored = score_chunk(_predictor(folder), frame.iloc[rows])
+        values.append(scored.values.reset_index(drop=True))
+    return values
 
 
-def _wide_files(cohort: CohortSource, scratch: Path, chunk_rows: int) -> list[str]:
-    """Parquet files Spark can read: the cohort's own, or a wide file made by the driver."""
-    if cohort.kind == "wide_parquet" and cohort.passthrough:
-        return [p.resolve().as_uri() for p in cohort.files]
-    target = scratch / "cohort_wide.parquet"
-    frame = pd.concat(list(cohort.chunks(chunk_rows)), ignore_index=True)
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), target)
-    return [target.resolve().as_uri()]
+# --- on the driver ------------------------------------------------------------------------------
 
 
 def _ship(spark: SparkSession, model: ReplayModel, scratch: Path) -> str:
-    """Copy the predictor folder under a unique name and add it to the Spark files."""
-    name = f"predictor-{model.pinned.stem}"
+    """Copy the predictor folder under a name unique to this replay (a running session keeps
+    every file it was given) and add it to the Spark files."""
+    name = f"predictor-{model.pinned.stem}-{scratch.name}"
     target = scratch / name
     shutil.copytree(model.pinned.folder, target)
     spark.sparkContext.addFile(str(target), recursive=True)
     return name
 
 
-def _tally(result: DataFrame, outcome_column: str) -> pd.DataFrame:
-    """Rows by period, status, band and outcome (the layout of `summaries.tally_rows`)."""
-    outcome = f"{EXTRA_PREFIX}{outcome_column}"
-    grouped = result.groupBy(f"{EXTRA_PREFIX}period", "status", "band", outcome).count().toPandas()
-    frame = pd.DataFrame(
-        {
-            "period": grouped[f"{EXTRA_PREFIX}period"].to_numpy(dtype=object),
-            "status": grouped["status"].to_numpy(dtype=object),
-            "band": grouped["band"].fillna("none").to_numpy(dtype=object),
-            "outcome": grouped[outcome].fillna(-1).to_numpy().astype(np.int64),
-            "count": grouped["count"].to_numpy(np.int64),
-        }
+def _merge(accumulator: Accumulator, part: ChunkPart, rows: int) -> None:
+    """Keep one chunk's part as `Accumulator.add` keeps a chunk: its evaluation rows renumbered
+    from the chunk's first row in the cohort, and the sample's rows drawn (their values are
+    read later: the positions in the chunk stand in for them)."""
+    accumulator.tallies.append(part.tally)
+    accumulator.exclusions.update(part.exclusions)
+    accumulator.warnings.update(part.warnings)
+    if len(accumulator.counts) >= MERGE_COUNTS_EVERY:
+        accumulator.counts = [drift.combine_counts(accumulator.counts)]
+    accumulator.counts.append(part.counts)
+    number = part.evaluation.schema.get_field_index(ROW_ID)
+    renumbered = pc.add(part.evaluation.column(number), pa.scalar(accumulator.rows, pa.int64()))
+    evaluation = part.evaluation.set_column(number, ROW_ID, renumbered)
+    accumulator.evaluation.append(evaluation)
+    positions = pd.DataFrame({ROW_ID: np.arange(rows, dtype=np.int64)})
+    stand_in = cast(ScoredChunk, SimpleNamespace(eligible=part.eligible, values=positions))
+    accumulator.samples.append(accumulator._sample(stand_in, rows))
+    accumulator.rows += rows
+    for stage, seconds in part.timings.items():
+        accumulator.timings[stage] = accumulator.timings.get(stage, 0.0) + seconds
+
+
+def _collect(
+    scored: RDD[tuple[int, list[ChunkPart]]],
+    models: Sequence[ReplayModel],
+    accumulators: Sequence[Accumulator],
+    options: ReplayOptions,
+    progress: ProgressCallback | None,
+) -> list[float]:
+    """Take the pieces' results in cohort order: write the score files, merge the summaries.
+    Returns the seconds each writer waited."""
+    paths = scores_path(options.out, models)
+    with ThreadPoolExecutor(1) as background:
+        writers = [ScoreWriter(path, background) for path in paths]
+        try:
+            for rows, parts in scored.toLocalIterator():
+                for part, accumulator, writer in zip(parts, accumulators, writers, strict=True):
+                    writer.write(part.table)
+                    _merge(accumulator, part, rows)
+                if progress is not None:
+                    progress(accumulators[0].rows)
+        finally:
+            for model, writer in zip(models, writers, strict=True):
+                writer.close(scores_schema(model.predictor, explain=options.explain, keys={}))
+    return [writer.waited for writer in writers]
+
+
+def _read_samples(
+    spark: SparkSession, pieces: Sequence[Piece], job: Job, accumulators: Sequence[Accumulator]
+) -> None:
+    """Replace each accumulator's drawn positions by the canonical values of those rows."""
+    chosen = [
+        (i, piece, [a.samples[i][ROW_ID].to_numpy(np.int64) for a in accumulators])
+        for i, piece in enumerate(pieces)
+        if any(len(a.samples[i]) for a in accumulators)
+    ]
+    if not chosen:
+        return
+    read = partial(sample_values, job=job)
+    found = (
+        spark.sparkContext.parallelize(chosen, len(chosen))
+        .map(lambda item: (item[0], read(item[1], chosen=item[2])))
+        .collect()
     )
-    return frame.groupby(["period", "status", "band", "outcome"])["count"].sum().reset_index()
-
-
-def _code_counts(result: DataFrame, column: str, status: str | None = None) -> Counter[str]:
-    """Rows per code in a list column (`reasons` as `code:field`; a code counts once a row)."""
-    from pyspark.sql import functions as sf
-
-    codes = sf.array_distinct(sf.transform(sf.col(column), lambda r: sf.split(r, ":").getItem(0)))
-    chosen = result if status is None else result.where(sf.col("status") == status)
-    rows = chosen.select(sf.explode(codes).alias("code")).groupBy("code").count().collect()
-    return Counter({str(r["code"]): int(r["count"]) for r in rows})
-
-
-def _evaluation_frame(
-    result: DataFrame, model: ReplayModel, keys: Sequence[str], text: Sequence[str]
-) -> pd.DataFrame:
-    """The scored rows' slim evaluation frame, in the layout of `summaries.evaluation_rows`."""
-    from pyspark.sql import functions as sf
-
-    spec = model.predictor.spec
-    extras = [c for c in result.columns if c.startswith(EXTRA_PREFIX)]
-    picked = result.where(sf.col("status") == SCORED).select(
-        *keys, "index_date", "probability", "band", *extras
-    )
-    frame = picked.toPandas().rename(columns=lambda c: c.removeprefix(EXTRA_PREFIX))
-    frame = frame.sort_values(ROW_ID, kind="stable").reset_index(drop=True)
-    frame[spec.split.date_column] = pd.to_datetime(frame.pop("index_date"))
-    frame["band"] = pd.Categorical(frame["band"], categories=list(BANDS))
-    for column in ("period", "sex", *text):
-        frame[column] = pd.Categorical(frame[column])
-    return frame
-
-
-def _sample(spark_input: DataFrame, model: ReplayModel, rows: int, seed: int) -> pd.DataFrame:
-    """Canonical values of some scored rows (up to the report's sample size, for its SHAP plot)."""
-    size = EXPLAINED_SAMPLE_ROWS
-    fraction = min(1.0, 4 * size / max(rows, 1))
-    batch = spark_input.sample(fraction=fraction, seed=seed).limit(4 * size).toPandas()
-    if batch.empty:
-        return pd.DataFrame()
-    scored = score_chunk(model.predictor, batch)
-    return scored.values.iloc[np.flatnonzero(scored.eligible)[:size]].reset_index(drop=True)
+    for i, values in found:
+        for accumulator, frame in zip(accumulators, values, strict=True):
+            accumulator.samples[i] = frame
 
 
 def replay_spark(
@@ -325,67 +343,40 @@ def replay_spark(
     options: ReplayOptions,
     progress: ProgressCallback | None = None,
 ) -> list[PassSummary]:
-    """Score the cohort on Spark: one pass for scores (+ evaluation columns), one for drift."""
-    import time
+    """Score the cohort's chunks on Spark; the same summaries and score files as `replay_local`."""
+    from pyspark import StorageLevel
 
-    from pyspark.sql import functions as sf
-
-    paths = scores_path(options.out, models)
+    options.out.mkdir(parents=True, exist_ok=True)
     seed = replay_seed(models, options)
-    summaries = []
+    accumulators = [Accumulator(m, cohort.n_rows(), seed) for m in models]
+    started = time.perf_counter()
     with (
-        tempfile.TemporaryDirectory(prefix="triage-spark-") as scratch_name,
+        tempfile.TemporaryDirectory(prefix=".triage-spark-", dir=options.out) as scratch_name,
         spark_session(options.spark_master) as spark,
     ):
         scratch = Path(scratch_name)
-        files = _wide_files(cohort, scratch, options.chunk_rows)
-        source = spark.read.parquet(*files).withColumn(ROW_ID, sf.monotonically_increasing_id())
-        parallelism = spark.sparkContext.defaultParallelism
-        if source.rdd.getNumPartitions() < parallelism:
-            source = source.repartition(parallelism)
-        columns = source.columns
-        keys = {
-            f.name: key_type(np.int64 if f.dataType.typeName() in {"long", "integer"} else object)
-            for f in source.schema.fields
-            if f.name in KEY_COLUMNS
-        }
-        rows = source.count()
-        for model, path in zip(models, paths, strict=True):
-            started = time.perf_counter()
-            spec = model.predictor.spec
-            folder = _ship(spark, model, scratch)
-            text = subgroup_columns(columns, spec)
-            extras = extra_columns(columns, spec.outcome.column)
-            scores = scores_schema(model.predictor, explain=options.explain, keys=keys)
-
-            score = partial(
-                score_partitions, folder=folder, explain=options.explain,
-                version=model.pinned.version, keys=keys, extras=tuple(extras), text=tuple(text),
-            )  # fmt: skip
-            result = source.mapInPandas(score, result_schema(scores, extras, text)).persist()
-            ordered = result.select(*scores.names).orderBy(*keys, "index_date")
-            ordered.write.mode("overwrite").parquet(path.resolve().as_uri())
-            count = partial(count_partitions, folder=folder, date_column=spec.split.date_column)
-            counts = (
-                source.mapInPandas(count, COUNT_SCHEMA)
-                .groupBy("period", "lab", "feature", "bin")
-                .agg(sf.sum("count").alias("count"))
-                .toPandas()
-            )
-            summaries.append(
-                PassSummary(
-                    rows=rows,
-                    tally=_tally(result, spec.outcome.column),
-                    exclusions=_code_counts(result, "reasons", INELIGIBLE),
-                    warnings=_code_counts(result, "warnings"),
-                    drift_counts=drift.combine_counts([counts]),
-                    evaluation=_evaluation_frame(result, model, list(keys), text),
-                    sample=_sample(source, model, rows, seed),
-                    timings={"spark": time.perf_counter() - started},
-                    scores_files=[path],
-                )
-            )
-            result.unpersist()
-        if progress is not None:
-            progress(rows)
+        pieces = plan_pieces(cohort, options.chunk_rows, scratch)
+        job = Job(
+            cohort=cohort,
+            pinned=tuple(m.pinned for m in models),
+            folders=tuple(_ship(spark, m, scratch) for m in models),
+            chunk_rows=options.chunk_rows,
+            explain=options.explain,
+        )
+        scored = (
+            spark.sparkContext.parallelize(pieces, max(len(pieces), 1))
+            .map(partial(score_piece, job=job))
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        scored.count()  # every piece scored in parallel before the driver takes them in order
+        waited = _collect(scored, models, accumulators, options, progress)
+        scored.unpersist()
+        _read_samples(spark, pieces, job, accumulators)
+    summaries = []
+    for accumulator, path, seconds in zip(
+        accumulators, scores_path(options.out, models), waited, strict=True
+    ):
+        summary = accumulator.summary([path])
+        summary.timings |= {"spark": time.perf_counter() - started, "write": seconds}
+        summaries.append(summary)
     return summaries

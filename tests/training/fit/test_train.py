@@ -27,6 +27,16 @@ def test_contributions_add_up_to_calibrated_log_odds(any_cancer: TrainResult) ->
     assert _additivity_error(any_cancer) < 1e-9, "base + sum(contributions) == logit(p)"
 
 
+def test_no_rows_score_and_explain_to_empty_arrays(any_cancer: TrainResult) -> None:
+    """A replay chunk emptied by a period filter: LightGBM's contributions divide by the row
+    count, so zero rows must give empty results without calling the booster."""
+    for predictor in (any_cancer.predictor, any_cancer.comparator):
+        none = any_cancer.periods["evaluate"].iloc[:0]
+        base, contributions = predictor.explain(none)
+        assert len(base) == 0 and contributions.shape == (0, len(predictor.feature_names))
+        assert predictor.probability(predictor.feature_matrix(none)).shape == (0,)
+
+
 def test_case_control_offsets_are_each_strata_sampling_ratio(
     myeloma: TrainResult, cohorts: dict[str, Path]
 ) -> None:
