@@ -10,6 +10,7 @@ import typer
 
 from training.cli.errors import UserErrorGroup
 from training.console import no_telemetry, project_workdir
+from training.evaluation.formatting import is_finite_number
 
 app = typer.Typer(
     cls=UserErrorGroup,
@@ -58,6 +59,11 @@ def _tracking(workdir: Path, tracking_uri: str | None = None):  # type: ignore[n
 
 
 def _fmt_ci(block: dict[str, Any] | None) -> str:
-    if not block or block.get("estimate") is None:
+    """`0.754 [0.738, 0.770]`; the estimate alone without finite bounds; `-` without one."""
+    block = block or {}
+    estimate, low, high = (block.get(k) for k in ("estimate", "low", "high"))
+    if not is_finite_number(estimate):
         return "-"
-    return f"{block['estimate']:.3f} [{block['low']:.3f}, {block['high']:.3f}]"
+    if not (is_finite_number(low) and is_finite_number(high)):
+        return f"{estimate:.3f}"
+    return f"{estimate:.3f} [{low:.3f}, {high:.3f}]"

@@ -16,7 +16,9 @@ from training.evaluation.formatting import (
     difference_text,
     family_label,
     green_risk_text,
+    inline_text,
     interval_text,
+    number_text,
     threshold_choice_text,
 )
 
@@ -73,23 +75,20 @@ def _print_training(result, logged, report_path: Path) -> None:  # type: ignore[
     table.add_column("metric")
     table.add_column(f"{family_label(ev.get('model_family'), 'served model')} (served)")
     table.add_column(f"{family_label(base.get('model_family'), 'comparator')} (comparator)")
+    calibration, base_calibration = ev["calibration"], base["calibration"]
     rows = [
-        ("rows / events", f"{ev['n']:,} / {ev['events']:,}", ""),
+        ("rows / events", f"{ev['n']:,} / {ev['events']:,}", "same rows"),
         ("AUC [95% CI]", _fmt_ci(ev["auc"]), _fmt_ci(base["auc"])),
-        ("calibration slope", f"{ev['calibration']['slope']:.3f}",
-         f"{base['calibration']['slope']:.3f}"),
-        ("O/E", f"{ev['calibration']['observed_expected']:.3f}",
-         f"{base['calibration']['observed_expected']:.3f}"),
-        ("Brier", f"{ev['brier']:.4f}", f"{base['brier']:.4f}"),
+        ("calibration slope", number_text(calibration["slope"]),
+         number_text(base_calibration["slope"])),
+        ("O/E", number_text(calibration["observed_expected"]),
+         number_text(base_calibration["observed_expected"])),
+        ("Brier", number_text(ev["brier"], 4), number_text(base["brier"], 4)),
     ]  # fmt: skip
     oracle = ev.get("oracle")
     if oracle:
-        rows.append(("oracle AUC (true risk)", f"{oracle['oracle_auc']:.3f}", ""))
-    for band in ("green", "red"):
-        block = (ev.get("thresholds") or {}).get(band) or {}
-        if block:
-            rows.append((f"{band}: sensitivity", _fmt_ci(block.get("sensitivity")), ""))
-            rows.append((f"{band}: PPV", _fmt_ci(block.get("ppv")), ""))
+        rows.append(("oracle AUC (true risk)", number_text(oracle.get("oracle_auc")), ""))
+    rows += band_rows(ev.get("thresholds") or {})
     for row in rows:
         table.add_row(*row)
     console = make_console()
@@ -105,7 +104,7 @@ def _print_training(result, logged, report_path: Path) -> None:  # type: ignore[
     )
     for warning in (provenance.get("cohort") or {}).get("warnings", []):
         console.print(f"[yellow]warning: {warning}[/yellow]")
-    console.print(f"excluded as ineligible: {provenance['exclusions'] or 'none'}")
+    console.print(f"excluded as ineligible: {inline_text(provenance['exclusions'])}", markup=False)
     registered = (
         f"registered version {logged.version} (alias challenger)"
         if logged.version is not None
@@ -113,6 +112,30 @@ def _print_training(result, logged, report_path: Path) -> None:  # type: ignore[
     )
     console.print(f"run {logged.run_id}; {registered}")
     console.print(f"report: {report_path}")
+
+
+def band_rows(thresholds: Any) -> list[tuple[str, str, str]]:
+    """The evaluation at the green and red cut-offs, each value named for what it is: the green
+    cut-off's sensitivity is the share of events not put in green, its PPV that of a non-green
+    result, its NPV that of a green result; the red cut-off's are those of a red result."""
+    rows = []
+    green, red = thresholds.get("green") or {}, thresholds.get("red") or {}
+    if green:
+        rows += [
+            (
+                "green cut-off: sensitivity (events not green)",
+                _fmt_ci(green.get("sensitivity")),
+                "",
+            ),
+            ("PPV of a non-green result", _fmt_ci(green.get("ppv")), ""),
+            ("NPV of a green result", _fmt_ci(green.get("npv")), ""),
+        ]
+    if red:
+        rows += [
+            ("red cut-off: sensitivity (events red)", _fmt_ci(red.get("sensitivity")), ""),
+            ("PPV of a red result", _fmt_ci(red.get("ppv")), ""),
+        ]
+    return rows
 
 
 def _print_findings(console: Any, ev: Any, provenance: Any, thresholds: Any, spec: Any) -> None:
@@ -125,8 +148,8 @@ def _print_findings(console: Any, ev: Any, provenance: Any, thresholds: Any, spe
         + (choice.get("reason") or f"calibration-period ΔAUC LightGBM - spline {difference}"),
         markup=False,
     )
-    console.print(f"thresholds: {describe_thresholds(thresholds, spec)}")
     chosen = provenance.get("thresholds") or {}
+    console.print(f"thresholds: {describe_thresholds(thresholds, spec, chosen)}", markup=False)
     for key, band in (("rule_out", "green"), ("rule_in", "red")):
         console.print(f"  {band}: {threshold_choice_text(chosen.get(key))}", markup=False)
     green = (ev.get("thresholds") or {}).get("green")
@@ -156,21 +179,40 @@ def _print_findings(console: Any, ev: Any, provenance: Any, thresholds: Any, spe
     console.print(table)
 
 
-def describe_thresholds(thresholds: Any, spec: Any) -> str:
-    """The green and red cut-offs, or why a band has none (its target was not met)."""
+def describe_thresholds(thresholds: Any, spec: Any, choices: Any = None) -> str:
+    """The green and red cut-offs, or, for a band without one, that it has no threshold and why
+    (its target not reached on the calibration period, or too few events there to set one;
+    `choices`: the provenance's threshold choices by direction)."""
+    choices = choices or {}
     green = (
         f"green < {thresholds.rule_out:.4g}"
         if thresholds.rule_out is not None
-        else f"no green band (rule-out sensitivity {spec.triage.rule_out_sensitivity:g} not "
-        "reachable in the calibration period)"
+        else _no_threshold(
+            "green",
+            choices.get("rule_out"),
+            f"the rule-out sensitivity target ({spec.triage.rule_out_sensitivity:g})",
+        )
     )
     red = (
         f"red >= {thresholds.rule_in:.4g}"
         if thresholds.rule_in is not None
-        else f"no red band (rule-in PPV {spec.triage.rule_in_ppv:g} not reached in the "
-        "calibration period)"
+        else _no_threshold(
+            "red", choices.get("rule_in"), f"the PPV target ({spec.triage.rule_in_ppv:g})"
+        )
     )
-    return f"{green}, {red}"
+    return f"{green}; {red}"
+
+
+def _no_threshold(band: str, choice: Any, target: str) -> str:
+    """`no red threshold: <why>, so there is no red band`: too few calibration-period events to
+    set one (when the recorded choice says so), else its target not reached there."""
+    choice = choice if isinstance(choice, dict) else {}
+    events, needed = choice.get("events"), choice.get("min_events")
+    if isinstance(events, int) and isinstance(needed, int) and events < max(needed, 1):
+        why = f"only {events:,} calibration-period events, fewer than the {needed:,} needed"
+    else:
+        why = f"{target} was not reached on the calibration period"
+    return f"no {band} threshold: {why}, so there is no {band} band"
 
 
 @app.command()
@@ -290,6 +332,7 @@ def report(
         run_id = registered.run_id
     assert run_id is not None
     card = run_artifact_json(client, run_id, "model_card.json")
+    card["version"] = registered_versions(client, run_id, card.get("name")) or card.get("version")
     shap_sample = read_run_artifact(client, run_id, "shap_sample.parquet", pd.read_parquet)
     evaluation = run_artifact_json(client, run_id, "metrics.json")
     comparator = run_artifact_json(client, run_id, "baseline_metrics.json")
@@ -305,6 +348,15 @@ def report(
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(html)
     make_console().print(f"report: {target}")
+
+
+def registered_versions(client: Any, run_id: str, name: str | None) -> str | None:
+    """The version(s) registered from a run, as the report header names them: `3` (versions of
+    the run's own model), else `other_name v2`, comma-separated; None when none was."""
+    found = client.search_model_versions(f"run_id = '{run_id}'")
+    ordered = sorted(found, key=lambda v: (v.name != name, v.name, int(v.version)))
+    texts = [str(v.version) if v.name == name else f"{v.name} v{v.version}" for v in ordered]
+    return ", ".join(texts) or None
 
 
 @app.command(name="models")

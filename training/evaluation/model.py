@@ -149,8 +149,13 @@ def explanation_sample(
 
 
 def summary_metrics(evaluation: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Flat numeric metrics for MLflow (AUC with CI, calibration, thresholds, the green band's
-    risk, the number of flagged subgroup levels, oracle)."""
+    """Flat numeric metrics for MLflow, named as the README's "MLflow runs" table says: AUC with
+    its CI, calibration (`calibration_slope` is the evaluation's slope, never the Platt
+    coefficient), the green cut-off as a test (`rule_out_*`: positive = not green) and the red
+    one (`rule_in_*`: positive = red) with the predictive values of the result a patient gets
+    (`non_green_ppv`, `green_npv`, `red_ppv`, `non_red_npv`), the green band's risk, flagged
+    subgroup levels, the oracle (`oracle_*`) and net benefit. `prefix` names the section, e.g.
+    `eval/` for the served model and `comparator/` for the other family."""
     out: dict[str, float] = {}
 
     def put(name: str, value: Any) -> None:
@@ -158,28 +163,63 @@ def summary_metrics(evaluation: Mapping[str, Any], prefix: str = "") -> dict[str
         if numeric and np.isfinite(value):
             out[f"{prefix}{name}"] = float(value)
 
-    auc = evaluation.get("auc", {})
-    put("auc", auc.get("estimate"))
-    put("auc_low", auc.get("low"))
-    put("auc_high", auc.get("high"))
+    def put_interval(name: str, block: Any, bounds: tuple[str, ...] = ("low", "high")) -> None:
+        block = block if isinstance(block, Mapping) else {}
+        put(name, block.get("estimate"))
+        for bound in bounds:
+            put(f"{name}_{bound}", block.get(bound))
+
+    put("rows", evaluation.get("n"))
+    put("events", evaluation.get("events"))
+    put_interval("auc", evaluation.get("auc"))
     put("brier", evaluation.get("brier"))
-    for key, value in evaluation.get("calibration", {}).items():
-        put(key, value)
-    for band in ("green", "red"):
-        block = evaluation.get("thresholds", {}).get(band) or {}
-        for key in ("sensitivity", "specificity", "ppv", "npv"):
-            put(f"{band}_{key}", (block.get(key) or {}).get("estimate"))
-            put(f"{band}_{key}_low", (block.get(key) or {}).get("low"))
-        put(f"{band}_share", block.get("share_ruled_out", block.get("share_expedited")))
-    green = evaluation.get("thresholds", {}).get("green") or {}
-    put("green_risk", (green.get("risk_in_green") or {}).get("estimate"))
-    put("green_risk_high", (green.get("risk_in_green") or {}).get("high"))
+    calibration = evaluation.get("calibration") or {}
+    ci = calibration.get("ci") or {}
+    put_interval("calibration_slope", ci.get("slope") or {"estimate": calibration.get("slope")})
+    put_interval(
+        "calibration_intercept", ci.get("intercept") or {"estimate": calibration.get("intercept")}
+    )
+    put_interval(
+        "observed_expected",
+        ci.get("observed_expected") or {"estimate": calibration.get("observed_expected")},
+    )
+    put("observed_risk", calibration.get("observed"))
+    put("expected_risk", calibration.get("expected"))
+    put("calibration_ece", calibration.get("ece"))
+    thresholds = evaluation.get("thresholds") or {}
+    for band, test, results, share in (
+        ("green", "rule_out", ("non_green_ppv", "green_npv"), "share_ruled_out"),
+        ("red", "rule_in", ("red_ppv", "non_red_npv"), "share_expedited"),
+    ):
+        block = thresholds.get(band) or {}
+        put(f"{test}_threshold", block.get("threshold"))
+        for key, name in (
+            ("sensitivity", f"{test}_sensitivity"),
+            ("specificity", f"{test}_specificity"),
+            ("ppv", results[0]),
+            ("npv", results[1]),
+        ):
+            put_interval(name, block.get(key), ("low",))
+        put(f"{band}_share", block.get(share))
+    green = thresholds.get("green") or {}
+    put_interval("green_risk", green.get("risk_in_green"), ("high",))
     subgroups = evaluation.get("subgroups")
     if isinstance(subgroups, Mapping) and "flagged" in subgroups:
         put("subgroups_flagged", len(subgroups["flagged"]))
-    for key, value in (evaluation.get("oracle") or {}).items():
-        put(f"oracle_{key}", value)
-    put("net_benefit", evaluation.get("net_benefit_at", {}).get("model"))
+    oracle = evaluation.get("oracle") or {}
+    for key, name in (
+        ("oracle_auc", "oracle_auc"),
+        ("model_auc", "oracle_model_auc"),
+        ("auc_gap", "oracle_auc_gap"),
+        ("observed_expected_vs_truth", "oracle_observed_expected"),
+        ("slope_vs_truth", "oracle_calibration_slope"),
+        ("mean_absolute_error", "oracle_mean_absolute_error"),
+    ):
+        put(name, oracle.get(key))
+    point = evaluation.get("net_benefit_at") or {}
+    put("net_benefit", point.get("model"))
+    put("net_benefit_threshold", point.get("threshold"))
+    put_interval("auc_minus_comparator", evaluation.get("vs_baseline"))
     return out
 
 

@@ -1,8 +1,12 @@
 """Log a training run to MLflow and register its model (alias `challenger`).
 
-A run carries: tags and a readable name, the LightGBM parameters and provenance as params, flat
-metrics (AUC with CI, calibration, thresholds, oracle gap, baseline), the full evaluation JSON for
-both models, the model card, the HTML report, the evaluation predictions, the evaluation rows
+A run carries: tags and a unique readable name (`any_cancer v3 lightgbm 2026-11-30 18:54`: the
+registered version, else the run id's first characters), parameters and flat metrics named as the
+README's "MLflow runs" table says (`calibration/platt_slope`, `eval/auc`, `comparator/auc`), the
+cohort's four periods as dataset inputs (source, digest, schema and size; never the rows), the
+report's ROC, calibration and decision-curve figures as images, the full evaluation JSON for both
+models, the model card and the HTML report (both carrying the registered version: the model is
+registered before they are rendered), the evaluation predictions, the evaluation rows
 (`EVALUATION_ROWS`: canonical values, ids and outcome, with the model's probability; any later
 champion is re-scored on them when this version is compared or promoted), a SHAP sample, and the
 model itself: a pyfunc logged from code whose artifact is the predictor folder (text booster +
@@ -11,18 +15,30 @@ JSON), with explicit pip requirements and a signature.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
+import json
+import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlflow
 import numpy as np
 import pandas as pd
+import PIL.Image
 import pyarrow as pa
-from mlflow.models import ModelSignature
+from mlflow.data.dataset import Dataset
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.dataset_source_registry import get_registered_sources, resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.types.schema import AnyType, ColSpec, Schema, TensorSpec
 
 import models
@@ -31,6 +47,7 @@ from models.units import from_canonical
 from training.evaluation.card import build_model_card
 from training.evaluation.formatting import family_label
 from training.evaluation.model import summary_metrics
+from training.evaluation.plots import calibration_plot, decision_plot, roc_plot
 from training.evaluation.report import render_report
 from training.fit.train import TrainOptions, TrainResult, train_model
 from training.registry.store import CHALLENGER, MODEL_ARTIFACT, Tracking
@@ -39,6 +56,13 @@ PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 MODELS_PACKAGE = Path(models.__file__).parent
 RUNTIME_PACKAGES = ("lightgbm", "numpy", "pandas", "pydantic", "pyyaml", "mlflow")
 EVALUATION_ROWS = "evaluation_rows.parquet"  # the run artifact behind paired comparisons
+EVAL_METRICS = "eval/"  # the served model on the evaluation period (MLflow's chart view
+COMPARATOR_METRICS = "comparator/"  # groups metrics by the part before the first "/")
+NOT_SET = "not set"  # a threshold whose target was not met
+SCHEMA_ROWS = 1000  # rows a period's schema is inferred from
+FIGURE_FOLDER = "figures"
+FIGURES = {"roc": roc_plot, "calibration": calibration_plot, "decision_curve": decision_plot}
+PNG_DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 
 @dataclass(frozen=True)
@@ -139,11 +163,16 @@ def _coded(spec: ModelSpec, target: str, meaning: str) -> Any:
     return codes[0] if codes else meaning
 
 
-def render(result: TrainResult, run_id: str | None = None) -> tuple[dict[str, Any], str]:
-    """The model card and the HTML report of a training result."""
+def render(
+    result: TrainResult, run_id: str | None = None, version: str | None = None
+) -> tuple[dict[str, Any], str]:
+    """The model card and the HTML report of a training result (with its run and registered
+    version, when known)."""
     card = build_model_card(result.spec, data_summary=result.provenance)
     if run_id is not None:
         card["run_id"] = run_id
+    if version is not None:
+        card["version"] = version
     html = render_report(
         title=f"{result.spec.title}: evaluation report",
         model_card=card,
@@ -155,21 +184,27 @@ def render(result: TrainResult, run_id: str | None = None) -> tuple[dict[str, An
     return card, html
 
 
+def run_name(result: TrainResult, run_id: str, version: str | None = None) -> str:
+    """`any_cancer v3 lightgbm 2026-11-30 18:54`: the spec, the registered version (else `run`
+    and the run id's first 8 characters, so two runs in one minute never share a name), the
+    served family and when it was trained (UTC, to the minute)."""
+    when = result.provenance["trained_at"][:16].replace("T", " ")
+    which = f"v{version}" if version is not None else f"run {run_id[:8]}"
+    return f"{result.spec.name} {which} {result.predictor.family} {when}"
+
+
 def log_training(result: TrainResult, tracking: Tracking, *, register: bool = True) -> LoggedRun:
-    """Log everything about a training result; register it as `challenger` when asked."""
+    """Log everything about a training result; register it as `challenger` when asked, before
+    the model card and report are rendered, so that both name the registered version."""
     spec, provenance = result.spec, result.provenance
-    client = tracking.client
     tracking.activate()  # the fluent API below logs to these stores, whatever was set since
     work = scratch_dir()
     try:
-        with mlflow.start_run(
-            experiment_id=tracking.experiment_id(spec.name),
-            run_name=f"{spec.name} {result.predictor.family} "
-            f"{provenance['trained_at'][:16].replace('T', ' ')}",
-        ) as run:
+        with mlflow.start_run(experiment_id=tracking.experiment_id(spec.name)) as run:
             run_id = run.info.run_id
             mlflow.set_tags(
                 {
+                    "mlflow.runName": run_name(result, run_id),
                     "spec": spec.name,
                     "spec_digest": provenance["spec_digest"],
                     "cohort_digest": provenance["cohort_digest"][:16],
@@ -179,16 +214,15 @@ def log_training(result: TrainResult, tracking: Tracking, *, register: bool = Tr
                     "mlflow.note.content": f"{spec.title}. {spec.intended_use}",
                 }
             )
-            mlflow.log_params(_params(result))
-            mlflow.log_metrics(summary_metrics(result.evaluation))
-            mlflow.log_metrics(summary_metrics(result.baseline_evaluation, "baseline_"))
-            card, html = render(result, run_id)
+            mlflow.log_params(run_params(result))
+            mlflow.log_metrics(summary_metrics(result.evaluation, EVAL_METRICS))
+            mlflow.log_metrics(summary_metrics(result.baseline_evaluation, COMPARATOR_METRICS))
+            log_periods(result)
+            log_figures(figure_pngs(result.evaluation, result.baseline_evaluation), work)
             mlflow.log_dict(result.evaluation, "metrics.json")
             mlflow.log_dict(result.baseline_evaluation, "baseline_metrics.json")
-            mlflow.log_dict(card, "model_card.json")
             mlflow.log_dict(provenance, "provenance.json")
             mlflow.log_dict(spec.model_dump(mode="json"), "spec.yaml")  # also in the predictor
-            mlflow.log_text(html, "report.html")
             for name, frame in (
                 ("evaluation_predictions", result.predictions),
                 ("shap_sample", result.shap_sample),
@@ -207,21 +241,123 @@ def log_training(result: TrainResult, tracking: Tracking, *, register: bool = Tr
                 signature=signature(spec),
                 input_example=input_example(spec),
             )
-        version = None
-        if register:
-            registered = mlflow.register_model(info.model_uri, spec.name)
-            version = str(registered.version)
-            client.set_registered_model_alias(spec.name, CHALLENGER, version)
-            for key, value in {
-                "run_id": run_id,
-                "spec_digest": provenance["spec_digest"],
-                "auc": f"{result.evaluation['auc']['estimate']:.4f}",
-                "validation_status": "candidate",
-            }.items():
-                client.set_model_version_tag(spec.name, version, key, value)
+            version = (
+                register_challenger(result, tracking, info.model_uri, run_id) if register else None
+            )
+            card, html = render(result, run_id, version)
+            mlflow.log_dict(card, "model_card.json")
+            mlflow.log_text(html, "report.html")
+            mlflow.set_tag("mlflow.runName", run_name(result, run_id, version))
         return LoggedRun(run_id=run_id, model_uri=info.model_uri, version=version, report=html)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def register_challenger(
+    result: TrainResult, tracking: Tracking, model_uri: str, run_id: str
+) -> str:
+    """Register the logged model under the spec's name with alias `challenger`; its version."""
+    name, client = result.spec.name, tracking.client
+    version = str(mlflow.register_model(model_uri, name).version)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    for key, value in {
+        "run_id": run_id,
+        "spec_digest": result.provenance["spec_digest"],
+        "auc": f"{result.evaluation['auc']['estimate']:.4f}",
+        "validation_status": "candidate",
+    }.items():
+        client.set_model_version_tag(name, version, key, value)
+    return version
+
+
+class CohortPeriod(MetaDataset):
+    """One period of the cohort as a run input: where the cohort came from, a digest of the
+    period's rows, their schema (inferred from the first rows: MLflow's inference reads every
+    value, seconds per period) and the number of rows and events; never the data itself."""
+
+    def __init__(
+        self, frame: pd.DataFrame, *, source: DatasetSource, name: str, digest: str, outcome: str
+    ) -> None:
+        self.rows, self.columns = frame.shape
+        self.events = int(frame[outcome].sum()) if outcome in frame else None
+        super().__init__(source, name=name, digest=digest, schema=sample_schema(frame))
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        return {"num_rows": self.rows, "num_elements": self.rows * self.columns,
+                "events": self.events}  # fmt: skip
+
+    def to_dict(self) -> dict[str, str]:
+        return super().to_dict() | {"profile": json.dumps(self.profile)}
+
+
+def sample_schema(frame: pd.DataFrame) -> Schema | None:
+    """The columns and types of a frame's first rows, as MLflow states a dataset's schema; None
+    where MLflow cannot type a column (as MLflow's own datasets do: the schema is optional)."""
+    with warnings.catch_warnings():  # MLflow's hint about integer columns, meant for models
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return cast(Schema, infer_signature(frame.head(SCHEMA_ROWS)).inputs)
+        except (MlflowException, TypeError, ValueError):
+            return None
+
+
+def cohort_source(path: str) -> DatasetSource:
+    """The cohort's file or folder as an MLflow dataset source (a `file://` URI). MLflow
+    registers its local source twice (for `` and `file`), so the first is named outright."""
+    local = next(s for s in get_registered_sources() if s._get_source_type() == "local")
+    return resolve_dataset_source(Path(path).resolve().as_uri(), candidate_sources=[local])
+
+
+def period_digest(cohort_sha256: str, period: str, frame: pd.DataFrame) -> str:
+    """16 hex characters of SHA-256 over the cohort's digest, the period and its rows' values."""
+    rows = pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()
+    return hashlib.sha256(f"{cohort_sha256}:{period}:".encode() + rows).hexdigest()[:16]
+
+
+def log_periods(result: TrainResult) -> None:
+    """Each period of the cohort (train, stop, calibrate, evaluate) as a dataset input whose
+    context is the period: lineage in the run page, without a copy of the data."""
+    provenance = result.provenance
+    source = cohort_source(provenance["cohort_path"])
+    cohort = (provenance.get("cohort") or {}).get("name") or Path(provenance["cohort_path"]).name
+    datasets: list[Dataset | None] = [
+        CohortPeriod(
+            frame, source=source, name=f"{cohort} {period}", outcome=result.spec.outcome.column,
+            digest=period_digest(provenance["cohort_digest"], period, frame),
+        )
+        for period, frame in result.periods.items()
+    ]  # fmt: skip
+    contexts: list[str | None] = list(result.periods)
+    mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=[None] * len(contexts))
+
+
+def figure_pngs(evaluation: dict[str, Any], comparator: dict[str, Any] | None) -> dict[str, bytes]:
+    """The report's ROC, calibration and decision-curve figures as PNG files' bytes: the report's
+    own images (`training.evaluation.plots`), decoded from the data URIs it embeds."""
+    return {name: embedded_png(draw(evaluation, comparator)) for name, draw in FIGURES.items()}
+
+
+def embedded_png(html: str) -> bytes:
+    """The PNG inside an `<img src="data:image/png;base64,...">` element."""
+    found = PNG_DATA_URI.search(html)
+    if found is None:
+        raise ValueError("the figure holds no embedded PNG image")
+    return base64.b64decode(found.group(1), validate=True)
+
+
+def log_figures(figures: dict[str, bytes], work: Path) -> None:
+    """Each figure twice: byte for byte as `figures/<name>.png` (the report's image), and as an
+    MLflow image (`log_image` with a key), which the experiment's chart view shows run beside
+    run in an "Image grid" chart (it reads only keyed images, not plain artifacts)."""
+    folder = work / FIGURE_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, png in figures.items():
+        path = folder / f"{name}.png"
+        path.write_bytes(png)
+        mlflow.log_artifact(str(path), FIGURE_FOLDER)
+        with PIL.Image.open(io.BytesIO(png)) as image:
+            mlflow.log_image(image.convert("RGBA"), key=name, synchronous=True)
 
 
 def evaluation_rows(result: TrainResult) -> pd.DataFrame:
@@ -271,23 +407,29 @@ def train_and_register(
     return Trained(result, logged, report)
 
 
-def _params(result: TrainResult) -> dict[str, Any]:
-    p = result.provenance
-    params: dict[str, Any] = {f"lgbm_{k}": v for k, v in result.spec.lightgbm.model_dump().items()}
+def run_params(result: TrainResult) -> dict[str, Any]:
+    """The run's parameters, in sections: `lightgbm/*` (the spec's settings), `model/*`,
+    `train/*`, `data/*` (the cohort and rows per period), `calibration/*` (the Platt scaling
+    fitted on the calibration period: `platt_slope` and `platt_intercept` on the raw margin, and
+    the case-control prevalence shift) and `thresholds/*` (`not set` when the target was not
+    met). The evaluation's calibration slope is a metric, `eval/calibration_slope`."""
+    p, predictor = result.provenance, result.predictor
+    params: dict[str, Any] = {
+        f"lightgbm/{k}": v for k, v in result.spec.lightgbm.model_dump().items()
+    }
     params |= {
         "spec": result.spec.name,
-        "model_family": result.predictor.family,
-        "model_family_rule": result.spec.model.family,
-        "seed": p["seed"],
-        "best_iteration": p["best_iteration"],
-        "cohort_path": p["cohort_path"],
-        "rows_train": p["rows"]["train"],
-        "rows_calibrate": p["rows"]["calibrate"],
-        "rows_evaluate": p["rows"]["evaluate"],
-        "rule_out_threshold": result.predictor.thresholds.rule_out,
-        "rule_in_threshold": result.predictor.thresholds.rule_in,
-        "calibration_slope": result.predictor.calibration.slope,
-        "calibration_intercept": result.predictor.calibration.intercept,
-        "prevalence_shift": result.predictor.calibration.shift,
+        "model/family": predictor.family,
+        "model/family_rule": result.spec.model.family,
+        "train/seed": p["seed"],
+        "train/best_iteration": p["best_iteration"],
+        "data/cohort_path": p["cohort_path"],
+        **{f"data/rows_{period}": rows for period, rows in p["rows"].items()},
+        "calibration/platt_slope": predictor.calibration.slope,
+        "calibration/platt_intercept": predictor.calibration.intercept,
+        "calibration/prevalence_shift": predictor.calibration.shift,
     }
+    for name, value in (("rule_out", predictor.thresholds.rule_out),
+                        ("rule_in", predictor.thresholds.rule_in)):  # fmt: skip
+        params[f"thresholds/{name}"] = NOT_SET if value is None else value
     return params
