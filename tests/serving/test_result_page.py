@@ -3,15 +3,11 @@ real headless browser (Debian's chromium driven by Playwright; .ci/run installs 
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
-import os
 import re
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +21,7 @@ from serving.result_page import (
     render_result,
     render_stored,
 )
+from tests.browser import artifact, chromium
 from tests.serving.test_cds_hooks import CONTRIBUTIONS, described, score_response
 
 RECEIVED = "2026-03-02T10:15:00+00:00"
@@ -160,28 +157,11 @@ def test_colours_meet_wcag_contrast() -> None:
 
 # --- in a real browser ----------------------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    missing = importlib.util.find_spec("playwright") is None or not Path(CHROMIUM).exists()
-    if missing and os.environ.get("CI"):
-        pytest.fail("CI must provide chromium and playwright (.ci/run installs chromium)")
-    if missing:
-        pytest.skip("no chromium or playwright here (apt-get install chromium; CI does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    with chromium() as launched:
         yield launched
-        launched.close()
-
-
-def artifact(name: str) -> Path:
-    folder = Path(os.environ.get("TRIAGE_TEST_ARTIFACT_DIR") or os.environ["TRIAGE_TEST_LOG_DIR"])
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / name
 
 
 @pytest.mark.parametrize(("band", "probability"), [("amber", 0.05676168215169888), ("red", 0.2345)])
