@@ -95,6 +95,11 @@ def test_the_replay_results_come_first_in_their_order(twice: list[ReplayResult])
     assert 0 < where[-1] < card, "every replay table comes before the model card"
     assert html.find("Ineligible rows by reason") > card, "exclusions stay at the end"
     assert html.count("<h1>") == 1 and "<h1>Replay of " in html, "the title names a replay"
+    green = html[where[2] : where[3]]
+    if twice[0].models[0].green_cancers.empty:  # no green band, or no cancer below it
+        assert "none banded green" in green, "an empty table says so"
+    else:
+        assert "none banded green" not in green
     standing = html[where[5] : where[6]]
     for feature in ("esr", "plasma_viscosity"):  # the simulated lab_c measures viscosity
         assert f"<td>{feature}</td><td>analyte</td><td>lab_c</td>" in standing, feature
