@@ -121,15 +121,37 @@ def pin_model(tracking: Tracking, ref: str, dest: Path, *, num_threads: int = 0)
     name, alias_or_version = parse_model_ref(ref)
     version = resolve_version(tracking.client, name, alias_or_version)
     local = download_model(tracking.client, version, dest / f"{name}-v{version.version}")
-    folder = local / PREDICTOR_SUBDIR
-    predictor = TriagePredictor.load(folder, num_threads=num_threads)
-    meta = json.loads((folder / META_FILE).read_text())
-    pinned = PinnedModel(
+    return pin_folder(
+        local / PREDICTOR_SUBDIR,
         requested=ref,
         name=name,
         version=str(version.version),
         run_id=version.run_id,
         model_uri=f"models:/{name}/{version.version}",
+        num_threads=num_threads,
+    )
+
+
+def pin_folder(
+    folder: Path,
+    *,
+    requested: str,
+    name: str,
+    version: str,
+    run_id: str | None,
+    model_uri: str,
+    num_threads: int = 0,
+) -> ReplayModel:
+    """A saved predictor folder loaded verified and pinned: its booster's SHA-256 (from the
+    folder's metadata), catalogue and spec digest beside where it came from."""
+    predictor = TriagePredictor.load(folder, num_threads=num_threads)
+    meta = json.loads((folder / META_FILE).read_text())
+    pinned = PinnedModel(
+        requested=requested,
+        name=name,
+        version=version,
+        run_id=run_id,
+        model_uri=model_uri,
         booster_sha256=str(meta["booster_sha256"]),
         catalogue_version=predictor.catalogue.version,
         catalogue_checksum=predictor.catalogue.checksum,

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from models.predictor import TriagePredictor
+from tests.training.pinning import pinned
 from training.cohorts.simulator.world import (
     ALBUMIN_ASSAY_CHANGE,
     ALBUMIN_ASSAY_LAB,
@@ -23,7 +24,7 @@ from training.cohorts.simulator.world import (
 )
 from training.evaluation import drift
 from training.fit.train import TrainResult
-from training.replay.options import PinnedModel, ReplayModel, ReplayOptions
+from training.replay.options import ReplayOptions
 from training.replay.run import replay_models
 
 # The injected changes: which features move, at which lab, in which years. The albumin assay
@@ -61,19 +62,11 @@ def replayed(
     """The trained model saved and loaded (the per-lab reference goes through predictor.json),
     then the whole simulated cohort replayed through it."""
     tmp = tmp_path_factory.mktemp("drift_replay")
-    folder = any_cancer.predictor.save(tmp / "predictor")
-    predictor = TriagePredictor.load(folder)
-    pinned = PinnedModel(
-        requested="any_cancer/1", name="any_cancer", version="1", run_id=None,
-        model_uri="models:/any_cancer/1", booster_sha256="0" * 64,
-        catalogue_version=predictor.catalogue.version,
-        catalogue_checksum=predictor.catalogue.checksum, spec_digest=predictor.spec.digest,
-        folder=folder,
-    )  # fmt: skip
+    model = pinned(any_cancer, tmp / "predictor", version="1")
     options = ReplayOptions(cohorts["referrals"], tmp / "out", n_boot=20, num_threads=1)
-    result = replay_models([ReplayModel(pinned, predictor)], options)
+    result = replay_models([model], options)
     outcome = result.models[0]
-    return Replayed(outcome.drift, outcome.summary.drift_counts, predictor)
+    return Replayed(outcome.drift, outcome.summary.drift_counts, model.predictor)
 
 
 def test_every_drift_flag_is_an_injected_change(

@@ -18,13 +18,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from models.predictor import META_FILE
+from tests.training.pinning import pinned
 from training.cli import app
 from training.cli.replay import NOTHING_SCORED_STATUS, replay_lines
 from training.cohorts.reader import CohortError
 from training.evaluation import drift
 from training.fit.train import TrainResult
-from training.replay.options import PinnedModel, ReplayModel, ReplayOptions
+from training.replay.options import ReplayModel, ReplayOptions
 from training.replay.outputs import (
     MANIFEST_FILE,
     METRICS_FILE,
@@ -38,21 +38,6 @@ from training.replay.summaries import ROW_ID, in_canonical_order, level_order
 
 N_BOOT = 10
 SINCE = date(2017, 1, 1)
-
-
-def pinned(result: TrainResult, folder: Path) -> ReplayModel:
-    """The trained model as a replay pins it, from a saved predictor folder (no registry)."""
-    predictor = result.predictor
-    predictor.save(folder)
-    meta = json.loads((folder / META_FILE).read_text())
-    pin = PinnedModel(
-        requested="any_cancer (test)", name=predictor.spec.name, version="7", run_id=None,
-        model_uri=str(folder), booster_sha256=str(meta["booster_sha256"]),
-        catalogue_version=predictor.catalogue.version,
-        catalogue_checksum=predictor.catalogue.checksum, spec_digest=predictor.spec.digest,
-        folder=folder,
-    )  # fmt: skip
-    return ReplayModel(pin, predictor)
 
 
 @pytest.fixture(scope="module")

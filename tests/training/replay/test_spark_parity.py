@@ -21,11 +21,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from models.predictor import META_FILE
+from tests.training.pinning import pinned
 from training.cohorts.reader import open_cohort
 from training.fit.train import TrainResult
 from training.replay.chunks import cohort_chunks, parquet_pieces, read_piece
-from training.replay.options import PinnedModel, ReplayModel, ReplayOptions
+from training.replay.options import ReplayModel, ReplayOptions
 from training.replay.outputs import MANIFEST_FILE, ReplayResult
 from training.replay.run import replay_models
 
@@ -38,26 +38,6 @@ SINCE = date(2017, 1, 1)
 # took (the whole replay's and each model's stage timings, e.g. Spark's `spark` against the
 # local engine's `read`). Nothing names the output folder.
 ENGINE_FIELDS = {("replay", "engine"), ("timings_seconds",), ("models", "timings_seconds")}
-
-
-def pinned(result: TrainResult, folder: Path, version: str) -> ReplayModel:
-    """The trained model as a replay pins it, from a saved predictor folder (no registry)."""
-    predictor = result.predictor
-    predictor.save(folder)
-    meta = json.loads((folder / META_FILE).read_text())
-    pin = PinnedModel(
-        requested=f"any_cancer/{version} (test)",
-        name=predictor.spec.name,
-        version=version,
-        run_id=None,
-        model_uri=str(folder),
-        booster_sha256=str(meta["booster_sha256"]),
-        catalogue_version=predictor.catalogue.version,
-        catalogue_checksum=predictor.catalogue.checksum,
-        spec_digest=predictor.spec.digest,
-        folder=folder,
-    )
-    return ReplayModel(pin, predictor)
 
 
 @pytest.fixture(scope="module")
