@@ -133,7 +133,8 @@ def describe_in_bins(
 
 def lab_names(labs: npt.ArrayLike) -> npt.NDArray[np.object_]:
     """Each row's lab as text, `unknown` where missing (the labels a replay gives its rows)."""
-    codes, found = pd.factorize(pd.Series(np.asarray(labs, dtype=object)))
+    values = labs if isinstance(labs, pd.Series) else pd.Series(np.asarray(labs, dtype=object))
+    codes, found = pd.factorize(values)  # a categorical column is factorised without a copy
     names = np.array([*(str(lab) for lab in found), UNKNOWN_LAB], dtype=object)
     return names[codes]  # code -1 (missing) picks the last name
 

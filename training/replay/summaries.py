@@ -19,6 +19,7 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 
+from models.reference import lab_names
 from models.spec import ModelSpec
 from models.triage import BANDS
 from training.evaluation import drift
@@ -38,9 +39,7 @@ def lab_labels(frame: pd.DataFrame) -> npt.NDArray[np.object_]:
     """Each row's lab as text (`unknown` when missing; `all` when the cohort has no lab column)."""
     if "lab" not in frame:
         return np.full(len(frame), drift.ALL, dtype=object)
-    codes, labs = pd.factorize(frame["lab"])
-    names = np.array([*(str(lab) for lab in labs), "unknown"], dtype=object)
-    return names[codes]  # code -1 (missing) picks the last name
+    return lab_names(frame["lab"])
 
 
 def subgroup_columns(columns: Sequence[str], spec: ModelSpec) -> list[str]:
