@@ -11,7 +11,6 @@ service answering /v1/score with an explanation.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import pytest
 from models.predictor import BOOSTER_FILE, META_FILE, SPLINE_FILE, TriagePredictor
 from models.scoring import score_frame
 from models.spec import ModelSpec, load_spec, parse_spec
+from tests.additivity import assert_additive
 from training.cohorts.simulator import run_simulation
 from training.fit.train import TrainOptions, TrainResult, train_model
 from training.registry.promote import promote
@@ -143,9 +143,7 @@ def test_spline_per_record_scores_explain_exactly(small: Small) -> None:
             continue
         scored += 1
         assert score.probability is not None and score.base is not None
-        logit = math.log(score.probability / (1 - score.probability))
-        total = score.base + sum(score.contributions.values())
-        assert abs(total - logit) < 1e-9, "base + sum(contributions) == logit(probability)"
+        assert_additive(score.base, score.contributions.values(), score.probability)
         assert score.band in ("green", "amber", "red")
     assert scored >= 30, f"most complete rows are scored ({scored} of 40)"
 
@@ -259,9 +257,7 @@ def _check_answer(
 ) -> None:
     expected = predictor.score(request, pathway=request["pathway"])
     assert expected.eligible and body["probability"] == expected.probability
-    logit = math.log(body["probability"] / (1 - body["probability"]))
-    total = body["base"] + sum(body["contributions"].values())
-    assert abs(total - logit) < 1e-9, "base + sum(contributions) == logit(probability)"
+    assert_additive(body["base"], body["contributions"].values(), body["probability"])
     assert body["contributions"] == pytest.approx(expected.contributions, abs=1e-12)
     assert body["band"] == expected.band
 
