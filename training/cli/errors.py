@@ -26,11 +26,13 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from models.units import UnknownUnitError
     from training.cohorts.dates import DateError
     from training.cohorts.reader import CohortError
+    from training.cohorts.standard import SourceError
+    from training.cohorts.standard.concept_sets import ConceptSetError
     from training.registry.store import RegistryError
 
     return (
         SpecError, CohortError, ColumnError, DateError, RegistryError, RoutingError,
-        UnknownUnitError, ArtifactError, FileNotFoundError,
+        UnknownUnitError, ArtifactError, FileNotFoundError, SourceError, ConceptSetError,
     )  # fmt: skip
 
 
