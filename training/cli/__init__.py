@@ -4,7 +4,7 @@ what it returned. Commands live in `data`, `cohort` (with `cohort_omop` and `coh
 `models`, `replay` and `audit`; `app` holds what they share."""
 
 # Each module registers its commands.
-from training.cli import audit, cohort, cohort_fhir, data, models, replay  # noqa: F401
+from training.cli import audit, cohort, cohort_fhir, cohort_omop, data, models, replay  # noqa: F401
 from training.cli.app import app
 
 __all__ = ["app"]

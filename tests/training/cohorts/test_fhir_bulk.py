@@ -21,22 +21,24 @@ from fhir.resources.R4B import get_fhir_model_class
 from typer.testing import CliRunner
 
 import training.cli.cohort_fhir  # noqa: F401  (registers `triage cohort from-fhir-bulk`)
-from models.analytes import CATALOGUE
+from tests.training.cohorts.round_trip import (
+    HORIZON_DAYS,
+    check_outcomes,
+    check_same_scores,
+    primary_loinc,
+    simulated_with_awkward_cases,
+)
 from tests.training.pinning import pinned
 from training.cli import app
-from training.cohorts.simulator import run_simulation
 from training.cohorts.standard import INDEX_FILE, RESULTS_FILE, SourceError
 from training.cohorts.standard import fhir_bulk_import as bulk_import
-from training.cohorts.standard.fhir_bulk_export import birth_dates, write_fhir_bulk
+from training.cohorts.standard.fhir_bulk_export import write_fhir_bulk
 from training.cohorts.standard.fhir_bulk_import import import_fhir_bulk
+from training.cohorts.standard.index_events import birth_dates
 from training.cohorts.standard.manifest import file_sha256
 from training.fit.train import TrainResult
-from training.replay.options import ReplayOptions
-from training.replay.run import replay_models
 
 AWKWARD = Path(__file__).parent / "fixtures" / "fhir_bulk_awkward"
-HORIZON_DAYS = 365
-EARLIER, REPEATS = 3, 2  # cases added to the simulated cohort (the `native` fixture)
 runner = CliRunner()
 T = pd.Timestamp
 
@@ -46,31 +48,7 @@ T = pd.Timestamp
 
 @pytest.fixture(scope="module")
 def native(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A simulated referral cohort (long tables) with the two cases where the importer's rules
-    differ from the simulator's bookkeeping, which the simulator happens not to produce at this
-    size: REPEATS repeats of a referral (same patient, day and pathway, a new id), and EARLIER
-    referrals 200 days before a cancer diagnosed after another referral of the same patient
-    (the simulator says no cancer; the rule counts the cancer for both)."""
-    folder = tmp_path_factory.mktemp("native")
-    run_simulation(cohort="referrals", n=4_000, seed=31, out=folder)
-    index = pd.read_parquet(folder / "referrals_index.parquet")
-    born = birth_dates(index)
-    earlier = index[index["cancer"] == 1].head(EARLIER).assign(cancer=0, cancer_site=None)
-    earlier["index_date"] = earlier.pop("diagnosis_date") - timedelta(days=200)
-    earlier["diagnosis_date"] = pd.NaT
-    on = earlier["index_date"].dt
-    birth = born.reindex(earlier["patient_id"]).dt
-    earlier["age"] = (
-        on.year
-        - birth.year.to_numpy()
-        - ((on.month * 100 + on.day) < (birth.month * 100 + birth.day).to_numpy())
-    )
-    repeats = index[index["cancer"] == 0].head(REPEATS)
-    added = pd.concat([earlier, repeats], ignore_index=True)
-    added["referral_id"] = index["referral_id"].max() + 1 + np.arange(len(added))
-    index = pd.concat([index, added.astype(index.dtypes.to_dict())], ignore_index=True)
-    index.to_parquet(folder / "referrals_index.parquet", index=False)
-    return folder
+    return simulated_with_awkward_cases(tmp_path_factory.mktemp("native"), seed=31)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +103,7 @@ def test_the_import_gives_back_the_native_results_row_by_row(
     original = pd.read_parquet(native / "referrals_results.parquet")
     back = pd.read_parquet(native / "imported" / RESULTS_FILE)
     assert len(back) == len(original) == imported["counts"]["results"]
-    loinc = {c: _primary_loinc(c) for c in original["code"].astype(str).unique()}
+    loinc = {c: primary_loinc(c) for c in original["code"].astype(str).unique()}
     expected = original.assign(code=original["code"].astype(str).map(loinc))
     for column in ("patient_id", "sample_time", "code", "unit", "lab"):
         assert (back[column].astype(object) == expected[column].astype(object)).all(), column
@@ -134,70 +112,10 @@ def test_the_import_gives_back_the_native_results_row_by_row(
     )
 
 
-def _primary_loinc(code: str) -> str:
-    analyte = CATALOGUE.resolve(code)
-    assert analyte is not None, code
-    return code if code[0].isdigit() else analyte.loinc
-
-
 def test_outcomes_differ_only_where_a_later_referrals_cancer_falls_in_the_horizon(
     imported: dict[str, Any], native: Path
 ) -> None:
-    original = pd.read_parquet(native / "referrals_index.parquet").set_index("referral_id")
-    back = pd.read_parquet(native / "imported" / INDEX_FILE).set_index("referral_id")
-    expected = _expected_outcomes(original.reset_index()).set_index("referral_id")
-    counts = imported["exclusions"]
-    repeats = next(r["count"] for r in counts if r["reason"] == "duplicate_index_event")
-    assert repeats == int(expected["repeat"].sum()) == REPEATS
-    expected = expected[~expected["repeat"]]
-    assert sorted(back.index) == sorted(expected.index), "only repeats of a day are dropped"
-    kept = original.loc[back.index]
-    for column in ("patient_id", "index_date", "age"):
-        assert (back[column] == kept[column]).all(), column
-    assert (back["sex"].astype(str) == kept["sex"].astype(str)).all()
-    assert (back["pathway"].astype(str) == kept["pathway"].astype(str)).all()
-    outcome = ["cancer", "cancer_site", "diagnosis_date"]
-    assert _same(back[outcome], expected[outcome]).all(axis=None), "the documented rule"
-    differs = ~_same(kept[outcome], expected[outcome]).all(axis=1)
-    imported_differs = ~_same(back[outcome], kept[outcome]).all(axis=1)
-    assert imported_differs.sum() == differs.sum() == EARLIER, "differences counted independently"
-    assert (back.loc[differs[differs].index, "cancer"] == 1).all(), (
-        "a difference is always a cancer the simulator attributed to another referral"
-    )
-
-
-def _same(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    a, b = a.astype(object), b.reindex(a.index).astype(object)
-    return (a == b) | (a.isna() & b.isna())
-
-
-def _expected_outcomes(index: pd.DataFrame) -> pd.DataFrame:
-    """Per native referral, by a plain loop: the earliest of the patient's cancers (any of
-    their referrals') dated from the index day to the horizon, ties by site name; and whether it
-    repeats an earlier referral id's patient, day and pathway."""
-    cancers: dict[int, set[tuple[pd.Timestamp, str]]] = {}
-    for row in index[index["cancer"] == 1].itertuples():
-        cancers.setdefault(row.patient_id, set()).add((row.diagnosis_date, str(row.cancer_site)))
-    seen: set[tuple[int, pd.Timestamp, str]] = set()
-    rows = []
-    for row in index.sort_values("referral_id").itertuples():
-        key = (row.patient_id, row.index_date, str(row.pathway))
-        horizon = row.index_date + timedelta(days=HORIZON_DAYS)
-        within = sorted(
-            c for c in cancers.get(row.patient_id, ()) if row.index_date <= c[0] <= horizon
-        )
-        first = within[0] if within else (pd.NaT, None)
-        rows.append(
-            {
-                "referral_id": row.referral_id,
-                "repeat": key in seen,
-                "cancer": int(bool(within)),
-                "cancer_site": first[1],
-                "diagnosis_date": first[0],
-            }
-        )
-        seen.add(key)
-    return pd.DataFrame(rows)
+    check_outcomes(native, native / "imported", imported)
 
 
 def test_replay_scores_equal_the_native_cohorts_exactly(
@@ -207,26 +125,7 @@ def test_replay_scores_equal_the_native_cohorts_exactly(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     model = pinned(any_cancer, tmp_path_factory.mktemp("pinned"))
-    scores = {}
-    for name, folder in (("native", native), ("imported", native / "imported")):
-        options = ReplayOptions(
-            folder, tmp_path_factory.mktemp(name), source="long", explain=True, n_boot=5
-        )
-        result = replay_models([model], options)
-        scores[name] = pd.read_parquet(result.out / "scores.parquet").set_index("referral_id")
-    a, b = scores["native"], scores["imported"].reindex(scores["native"].index)
-    both = b["status"].notna()
-    assert both.sum() == len(scores["imported"]) >= 0.99 * len(a), "the same referrals"
-    assert (a.loc[both, "status"] == b.loc[both, "status"]).all()
-    scored = both & (a["status"] == "scored")
-    assert scored.sum() > 1_000, "enough referrals scored for the comparison to mean something"
-    columns = ["probability", *[c for c in a.columns if c.startswith("contrib__")]]
-    assert len(columns) > 10, "contributions are compared too"
-    for column in columns:
-        assert np.array_equal(
-            a.loc[scored, column].to_numpy(), b.loc[scored, column].to_numpy(), equal_nan=True
-        ), column
-    assert (a.loc[scored, "band"] == b.loc[scored, "band"]).all(), "bands"
+    check_same_scores(native, native / "imported", model, tmp_path_factory)
 
 
 # --- awkward hand-written NDJSON ----------------------------------------------------------------

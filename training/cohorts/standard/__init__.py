@@ -8,6 +8,8 @@ its hash, the rules and the rows excluded at each step (`manifest`). The concept
 what counts as an index event and as a cancer are data (`data/*.csv`, `concept_sets`).
 """
 
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 INDEX_FILE = "cohort_index.parquet"
 RESULTS_FILE = "cohort_results.parquet"
 
@@ -15,3 +17,11 @@ RESULTS_FILE = "cohort_results.parquet"
 class SourceError(ValueError):
     """A standard source that cannot be imported as it is (a table or column missing, an
     unreadable file or database): the message names what and where."""
+
+
+def check_time_zone(time_zone: str) -> None:
+    """SourceError unless `time_zone` is an IANA time zone name."""
+    try:
+        ZoneInfo(time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SourceError(f"unknown_time_zone: {time_zone!r} is not an IANA time zone") from None

@@ -46,7 +46,7 @@ from training.cohorts.standard.fhir_bulk_rules import (
     UCUM,
     vocabulary_system,
 )
-from training.cohorts.standard.index_events import completed_years
+from training.cohorts.standard.index_events import birth_dates
 from training.cohorts.standard.manifest import file_sha256
 
 CHUNK_ROWS = 250_000
@@ -111,31 +111,6 @@ def _dumps(resources: Iterator[dict[str, Any]]) -> Iterator[bytes]:
 
 
 # --- Patient, Organization, ServiceRequest, Condition -------------------------------------------
-
-
-def birth_dates(index: pd.DataFrame) -> pd.Series:
-    """Per patient (indexed by patient_id), a birth date at which each of their referrals has its
-    recorded `age` in completed years on its index day: the latest such date. ValueError when a
-    patient's ages contradict each other."""
-    day = pd.to_datetime(index["index_date"]).dt.normalize()
-    year = day.dt.year - index["age"].astype("int64")
-    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
-    feb29 = (day.dt.month == 2) & (day.dt.day == 29) & ~leap  # -> 28 Feb in a common year
-    latest = pd.to_datetime(
-        pd.DataFrame({"year": year, "month": day.dt.month, "day": day.dt.day - feb29})
-    )
-    birth = latest.groupby(index["patient_id"].to_numpy()).min()
-    check = completed_years(
-        birth.reindex(index["patient_id"]).reset_index(drop=True), day.reset_index(drop=True)
-    )
-    wrong = check.to_numpy() != index["age"].to_numpy("int64")
-    if wrong.any():
-        first = index.iloc[int(np.flatnonzero(wrong)[0])]
-        raise ValueError(
-            f"{int(wrong.sum())} referrals' ages cannot come from one birth date per patient "
-            f"(e.g. patient {first['patient_id']}, age {first['age']} on {first['index_date']})"
-        )
-    return birth
 
 
 def _patients(index: pd.DataFrame) -> Iterator[bytes]:

@@ -35,12 +35,11 @@ from collections.abc import Iterator, Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
 
-from training.cohorts.standard import INDEX_FILE, RESULTS_FILE, SourceError
+from training.cohorts.standard import INDEX_FILE, RESULTS_FILE, SourceError, check_time_zone
 from training.cohorts.standard.concept_sets import cancer_site_of, load_index_concepts
 from training.cohorts.standard.fhir_bulk_files import LineReader, bulk_files, resources_of
 from training.cohorts.standard.fhir_bulk_rules import (
@@ -109,7 +108,7 @@ def import_fhir_bulk(
     followup_end: date | None = None,
 ) -> dict[str, Any]:
     """Import the export in `folder` into the cohort folder `out`; return its manifest."""
-    _check_zone(time_zone)
+    check_time_zone(time_zone)
     files, transaction_time = bulk_files(folder)
     missing = [kind for kind in REQUIRED_TYPES if kind not in {k for k, _ in files}]
     if missing:
@@ -175,13 +174,6 @@ def import_fhir_bulk(
         counts=counts,
         time_zone=time_zone,
     )
-
-
-def _check_zone(time_zone: str) -> None:
-    try:
-        ZoneInfo(time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise SourceError(f"unknown_time_zone: {time_zone!r} is not an IANA time zone") from None
 
 
 def _local_date(text: str | None, time_zone: str) -> date | None:

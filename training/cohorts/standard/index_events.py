@@ -206,3 +206,29 @@ def _labs(index: pd.DataFrame, results: Path) -> pd.Series:
         best_time[rows] = found.loc[rows, "sample_time"]
         best_lab[rows] = found.loc[rows, "lab"]
     return best_lab
+
+
+def birth_dates(index: pd.DataFrame) -> pd.Series:
+    """Per patient (indexed by patient_id), a birth date at which each of their referrals has its
+    recorded `age` in completed years on its index day: the latest such date (what an exporter
+    writes for a simulated cohort, which records ages, not birth dates). ValueError when a
+    patient's ages contradict each other."""
+    day = pd.to_datetime(index["index_date"]).dt.normalize()
+    year = day.dt.year - index["age"].astype("int64")
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    feb29 = (day.dt.month == 2) & (day.dt.day == 29) & ~leap  # -> 28 Feb in a common year
+    latest = pd.to_datetime(
+        pd.DataFrame({"year": year, "month": day.dt.month, "day": day.dt.day - feb29})
+    )
+    birth = latest.groupby(index["patient_id"].to_numpy()).min()
+    check = completed_years(
+        birth.reindex(index["patient_id"]).reset_index(drop=True), day.reset_index(drop=True)
+    )
+    wrong = check.to_numpy() != index["age"].to_numpy("int64")
+    if wrong.any():
+        first = index.iloc[int(np.flatnonzero(wrong)[0])]
+        raise ValueError(
+            f"{int(wrong.sum())} referrals' ages cannot come from one birth date per patient "
+            f"(e.g. patient {first['patient_id']}, age {first['age']} on {first['index_date']})"
+        )
+    return birth
