@@ -137,7 +137,7 @@ def unrecognised_columns(columns: list[str], spec: ModelSpec | None) -> list[str
     from training.fit.train import META_COLUMNS
 
     catalogue = spec.catalogue if spec is not None else CATALOGUE
-    known = {*ROLES, *META_COLUMNS, "cancer", "sample_time"}
+    known = {*ROLES, *META_COLUMNS, "cancer", "sample_time", "diagnosis_date", "prior_cancer"}
     if spec is not None:
         known |= {spec.outcome.column, spec.split.date_column, *spec.subgroups}
     return [
@@ -156,9 +156,46 @@ def simulate(
     seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same files")] = 7,
     out: Annotated[Path, typer.Option(help="output folder")] = WORKDIR / "cohorts",
     artefacts: Annotated[bool, typer.Option(help="inject the documented lab artefacts")] = True,
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="native | omop | fhir-bulk: besides the native files, also export the cohort "
+            "as an OMOP CDM v5.4 instance (OUT/omop/) or as FHIR Bulk Data NDJSON "
+            "(OUT/fhir-bulk/), to import back with `triage cohort from-omop|from-fhir-bulk`",
+        ),
+    ] = "native",
+    table_format: Annotated[
+        str, typer.Option(help="--format omop: the tables as parquet | csv")
+    ] = "parquet",
 ) -> None:
     """Simulate a cohort (wide and long Parquet plus a manifest) with known true risks."""
     from training.cohorts.simulator import run_simulation
 
+    if format not in ("native", "omop", "fhir-bulk"):
+        raise typer.BadParameter(
+            f"{format!r}: choose native, omop or fhir-bulk", param_hint="--format"
+        )
     manifest = run_simulation(cohort=cohort, n=n, seed=seed, out=out, artefacts=artefacts)
+    if format != "native":
+        manifest["export"] = export_simulated(out, manifest["cohort"], format, table_format)
     make_console().print_json(data=manifest)
+
+
+def export_simulated(out: Path, name: str, format: str, table_format: str) -> dict[str, object]:
+    """Export the native cohort just written in `out` as an OMOP instance or Bulk NDJSON."""
+    import pandas as pd
+
+    index = pd.read_parquet(out / f"{name}_index.parquet")
+    results = pd.read_parquet(out / f"{name}_results.parquet")
+    if format == "omop":
+        from training.cohorts.standard.omop_export import write_omop
+
+        folder = out / "omop"
+        files = write_omop(index, results, folder, table_format=table_format)
+    else:
+        from training.cohorts.standard.fhir_bulk_export import write_fhir_bulk
+
+        folder = out / "fhir-bulk"
+        files = write_fhir_bulk(index, results, folder)
+    return {"format": format, "folder": str(folder), "files": files}
