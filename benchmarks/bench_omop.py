@@ -115,15 +115,16 @@ def run_import(instance: Path, out: Path, work: Path, threads: int, memory: str)
         "started = time.perf_counter()\n"
         f"manifest = import_omop(Path({str(instance)!r}), Path({str(out)!r}), "
         f"engine_settings={settings!r})\n"
-        "print(json.dumps({'seconds': time.perf_counter() - started, "
+        f"Path({str(work / 'import_report.json')!r}).write_text(json.dumps({{"
+        "'seconds': time.perf_counter() - started, "
         "'counts': manifest['counts'], 'exclusions': manifest['exclusions']}))\n"
     )
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    subprocess.run([sys.executable, "-c", code], check=True)  # a report file, not stdout
     wall = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, the largest child
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = json.loads((work / "import_report.json").read_text())
     report.update(wall_seconds=wall, peak_rss_bytes=peak * 1024, earlier_children_kib=before)
     return report
 

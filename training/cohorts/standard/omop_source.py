@@ -69,7 +69,9 @@ class FolderSource(Source):
         import duckdb
 
         self.location = str(folder)
+        # DuckDB draws progress bars on stdout by default: the command prints its own tables
         self.connection = duckdb.connect(":memory:")
+        self.connection.execute("SET enable_progress_bar = false")
         for name, value in settings.items():
             self.connection.execute(f"SET {name} = {_quote(str(value))}")
         self.files: list[Path] = []
