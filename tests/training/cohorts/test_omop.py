@@ -6,6 +6,8 @@ command line refuses a folder without `measurement` with a coded message."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ import training.cli.cohort_omop  # noqa: F401  (registers `triage cohort from-om
 from tests.serving.audit_support import postgres_url
 from tests.training.cohorts.round_trip import (
     HORIZON_DAYS,
+    REPEATS,
     check_outcomes,
     check_same_scores,
     primary_loinc,
@@ -392,3 +395,23 @@ def test_the_command_prints_counts_and_exclusions(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "comparator" in result.output and "observation_period_ends_early" in result.output
     assert (tmp_path / "cohort" / INDEX_FILE).is_file()
+
+
+def test_validate_reads_an_imported_cohort_like_the_native_one(
+    imported: dict[str, dict[str, Any]], native: Path, tmp_path: Path
+) -> None:
+    """`triage validate` on the imported folder reports the native long cohort's eligibility
+    (the repeats aside, which the import excluded)."""
+    long = tmp_path / "native_long"  # the native folder's long tables alone (it also has wide)
+    long.mkdir()
+    for name in ("referrals_index.parquet", "referrals_results.parquet"):
+        shutil.copy(native / name, long / name)
+    said = {}
+    for name, folder in (("native", long), ("imported", native / "imported_parquet")):
+        result = runner.invoke(app, ["validate", str(folder), "--spec", "any_cancer"])
+        assert result.exit_code == 0, result.output
+        said[name] = re.search(r"([\d,]+) rows, ([\d,]+) eligible", result.output)
+    native_rows, native_eligible = (int(g.replace(",", "")) for g in said["native"].groups())
+    rows, eligible = (int(g.replace(",", "")) for g in said["imported"].groups())
+    assert rows == native_rows - REPEATS == imported["parquet"]["counts"]["index_events"]
+    assert native_eligible - REPEATS <= eligible <= native_eligible
