@@ -4,7 +4,8 @@ outcome is printed."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -17,6 +18,20 @@ cohort_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(cohort_app, name="cohort")
+
+# The options both importers take.
+OutOption = Annotated[Path, typer.Option(help="the cohort folder to write")]
+IndexConceptsOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="CSV of index-event concepts (vocabulary_id, concept_code, concept_name, pathway); "
+        "default: the shipped set"
+    ),
+]
+HorizonOption = Annotated[
+    int, typer.Option(help="days after the index day in which a cancer counts")
+]
+TimeZoneOption = Annotated[str, typer.Option(help="the cohort's local time zone (IANA name)")]
 
 
 def print_import(manifest: dict[str, Any], out: object) -> None:

@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from training.cli.cohort import cohort_app, print_import
+from training.cli.cohort import (
+    HorizonOption,
+    IndexConceptsOption,
+    OutOption,
+    TimeZoneOption,
+    cohort_app,
+    print_import,
+)
 
 
 @cohort_app.command("from-fhir-bulk")
@@ -16,20 +23,10 @@ def from_fhir_bulk(
     folder: Annotated[
         Path, typer.Argument(help="the export: NDJSON files, with the Bulk manifest.json if any")
     ],
-    out: Annotated[Path, typer.Option(help="the cohort folder to write")],
-    index_concepts: Annotated[
-        Path | None,
-        typer.Option(
-            help="CSV of index-event concepts (vocabulary_id, concept_code, "
-            "concept_name, pathway); default: the shipped set"
-        ),
-    ] = None,
-    horizon_days: Annotated[
-        int, typer.Option(help="days after the index day in which a cancer counts")
-    ] = 365,
-    time_zone: Annotated[
-        str, typer.Option(help="the cohort's local time zone (IANA name)")
-    ] = "Europe/London",
+    out: OutOption,
+    index_concepts: IndexConceptsOption = None,
+    horizon_days: HorizonOption = 365,
+    time_zone: TimeZoneOption = "Europe/London",
     followup_end: Annotated[
         str | None,
         typer.Option(

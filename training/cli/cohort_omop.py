@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from training.cli.cohort import cohort_app, print_import
+from training.cli.cohort import (
+    HorizonOption,
+    IndexConceptsOption,
+    OutOption,
+    TimeZoneOption,
+    cohort_app,
+    print_import,
+)
 
 
 @cohort_app.command("from-omop")
@@ -19,23 +25,13 @@ def from_omop(
             "(e.g. postgresql+psycopg://user:password@host/db)"
         ),
     ],
-    out: Annotated[Path, typer.Option(help="the cohort folder to write")],
-    index_concepts: Annotated[
-        Path | None,
-        typer.Option(
-            help="CSV of index-event concepts (vocabulary_id, concept_code, "
-            "concept_name, pathway); default: the shipped set"
-        ),
-    ] = None,
+    out: OutOption,
+    index_concepts: IndexConceptsOption = None,
     schema: Annotated[
         str | None, typer.Option(help="the database's CDM schema; default: the connection's")
     ] = None,
-    horizon_days: Annotated[
-        int, typer.Option(help="days after the index day in which a cancer counts")
-    ] = 365,
-    time_zone: Annotated[
-        str, typer.Option(help="the cohort's local time zone (IANA name)")
-    ] = "Europe/London",
+    horizon_days: HorizonOption = 365,
+    time_zone: TimeZoneOption = "Europe/London",
 ) -> None:
     """Import an OMOP CDM v5.4 instance (person, observation_period, measurement, concept,
     observation or procedure_occurrence, condition_occurrence...) into a long cohort folder
