@@ -61,11 +61,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def leaked_secrets(folder: Path, secrets: tuple[str, ...] = SECRETS) -> list[str]:
-    """`file: secret` for every secret found in any log file under `folder`."""
+    """`file:line: secret` for every secret found in any log file under `folder` (its first
+    line), so that a CI failure says where to look before the scratch folder is gone."""
     found = []
     for path in sorted(folder.rglob("*.log")):
         text = path.read_text(errors="replace")
-        found += [f"{path.name}: {secret}" for secret in secrets if secret in text]
+        for secret in secrets:
+            if secret in text:
+                line = text.count("\n", 0, text.index(secret)) + 1
+                found.append(f"{path.name}:{line}: {secret}")
     return found
 
 
