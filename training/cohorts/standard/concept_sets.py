@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from models.analytes import Catalogue
+
 DATA = Path(__file__).resolve().parent / "data"
 LOCAL_CONCEPT_BASE = 2_000_000_000  # OMOP: concept ids above this are site-local concepts
 OTHER_MALIGNANT = "other_malignant"  # a C00-C97 code no listed site claims
@@ -103,3 +105,20 @@ def index_concept_for(pathway: str) -> tuple[str, str, str]:
         raise KeyError(f"no index concept for pathway {pathway!r} in index_events.csv")
     first = rows.iloc[0]
     return str(first["vocabulary_id"]), str(first["concept_code"]), str(first["concept_name"])
+
+
+def exported_loinc(code: str, catalogue: Catalogue) -> str | None:
+    """The LOINC an exporter writes for a lab code: itself when it is one of its analyte's
+    LOINCs, else the analyte's primary LOINC (a local code mapped, as an ETL would); None for a
+    code the catalogue does not know."""
+    analyte = catalogue.resolve(code)
+    if analyte is None:
+        return None
+    return code if code in (analyte.loinc, *analyte.alt_loinc) else analyte.loinc
+
+
+def is_ucum_unit(loinc: str | None, unit: str, catalogue: Catalogue) -> bool:
+    """True when `unit` is spelt as a unit the catalogue accepts under `loinc` (so it is a UCUM
+    code an exporter may write as such); other spellings ("×10⁹/L") stay text."""
+    measured = catalogue.as_measured(loinc) if loinc else None
+    return bool(unit) and measured is not None and unit in measured.units

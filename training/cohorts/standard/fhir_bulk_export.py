@@ -38,7 +38,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models.analytes import CATALOGUE, Catalogue
-from training.cohorts.standard.concept_sets import icd10_for_site, index_concept_for
+from training.cohorts.standard.concept_sets import (
+    exported_loinc,
+    icd10_for_site,
+    index_concept_for,
+    is_ucum_unit,
+)
 from training.cohorts.standard.fhir_bulk_rules import (
     ICD10,
     LOCAL_TEST_CODE_SYSTEM,
@@ -254,7 +259,7 @@ def _code_json(code: str, catalogue: Catalogue) -> str:
     analyte = catalogue.resolve(code)
     if analyte is None:  # not a catalogue test: only the local code (the importer skips it)
         return orjson.dumps({"coding": [{"system": LOCAL_TEST_CODE_SYSTEM, "code": code}]}).decode()
-    loinc = code if code in (analyte.loinc, *analyte.alt_loinc) else analyte.loinc
+    loinc = exported_loinc(code, catalogue)
     codings = [{"system": LOINC, "code": loinc, "display": analyte.name}]
     if loinc != code:
         codings.append({"system": LOCAL_TEST_CODE_SYSTEM, "code": code})
@@ -267,13 +272,8 @@ def _quantity_json(key: str, catalogue: Catalogue) -> str:
     code, _, unit = key.partition("\x00")
     if not unit:
         return ""
-    analyte = catalogue.resolve(code)
-    loinc = (
-        code if analyte is None or code in (analyte.loinc, *analyte.alt_loinc) else analyte.loinc
-    )
-    measured = catalogue.as_measured(loinc)
     quantity: dict[str, str] = {"unit": unit}
-    if measured is not None and unit in measured.units:
+    if is_ucum_unit(exported_loinc(code, catalogue) or code, unit, catalogue):
         quantity.update(system=UCUM, code=unit)
     return "," + orjson.dumps(quantity).decode()[1:-1]
 

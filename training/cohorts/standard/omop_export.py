@@ -40,8 +40,10 @@ import pyarrow.parquet as pq
 from models.analytes import CATALOGUE, Catalogue
 from training.cohorts.standard.concept_sets import (
     LOCAL_CONCEPT_BASE,
+    exported_loinc,
     icd10_for_site,
     index_concept_for,
+    is_ucum_unit,
 )
 from training.cohorts.standard.index_events import birth_dates
 from training.cohorts.standard.manifest import file_sha256
@@ -220,7 +222,7 @@ def _measurements(
     code = results["code"].astype("category")
     unit = results["unit"].astype("string").fillna("").astype("category")
     lab = results["lab"].astype("string").astype("category")
-    loinc = [_loinc(str(c), catalogue) for c in code.cat.categories]
+    loinc = [exported_loinc(str(c), catalogue) for c in code.cat.categories]
     concept_of_code = np.array(
         [
             _loinc_concept(str(c), lc, vocabulary, catalogue)
@@ -262,15 +264,6 @@ def _measurements(
     return table, visits, labs
 
 
-def _loinc(code: str, catalogue: Catalogue) -> str | None:
-    """The LOINC a code is exported as: itself when it is one of its analyte's LOINCs, else the
-    analyte's primary LOINC; None for a code the catalogue does not know."""
-    analyte = catalogue.resolve(code)
-    if analyte is None:
-        return None
-    return code if code in (analyte.loinc, *analyte.alt_loinc) else analyte.loinc
-
-
 def _loinc_concept(
     code: str, loinc: str | None, vocabulary: _Vocabulary, catalogue: Catalogue
 ) -> int:
@@ -286,8 +279,7 @@ def _unit_concept(
 ) -> int:
     """The UCUM concept of `unit` when it is spelt as a unit the catalogue accepts under `loinc`
     (so it is a UCUM code), else 0."""
-    measured = catalogue.as_measured(loinc) if loinc else None
-    if not unit or measured is None or unit not in measured.units:
+    if not is_ucum_unit(loinc, unit, catalogue):
         return 0
     return vocabulary.concept("UCUM", unit, unit, "Unit", "Unit")
 

@@ -113,7 +113,7 @@ def import_omop(
         people,
         events,
         conditions,
-        periods=periods.astype({"start": "datetime64[ns]", "end": "datetime64[ns]"}),
+        periods=periods,
         followup_end=None,
         horizon_days=horizon_days,
         results=out / RESULTS_FILE,
