@@ -41,6 +41,7 @@ from models.spec_policy import (
     Calibration,
     LightGBMParams,
     ModelChoice,
+    MonitoringPolicy,
     PromotionGates,
     TriagePolicy,
 )
@@ -298,6 +299,7 @@ class ModelSpec(_Frozen):
     calibration: Calibration = Calibration()
     triage: TriagePolicy
     promotion: PromotionGates = PromotionGates()
+    monitoring: MonitoringPolicy = MonitoringPolicy()
     subgroups: tuple[str, ...] = ("sex", "age_band", "deprivation", "ethnicity", "lab")
     extra_analytes: tuple[Analyte, ...] = ()
     column_map: dict[str, ColumnMapping] = Field(default_factory=dict)
@@ -355,8 +357,9 @@ class ModelSpec(_Frozen):
 
     @cached_property
     def digest(self) -> str:
-        """A hash of the spec's content, logged with every run."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """A hash of the spec's content, logged with every run. The monitoring alert thresholds
+        are operational policy, not the model, and are left out."""
+        payload = json.dumps(self.model_dump(mode="json", exclude={"monitoring"}), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -153,3 +153,53 @@ class ModelChoice(_Frozen):
 
     family: Literal["lightgbm", "spline", "auto"] = "lightgbm"
     auto_margin: float = Field(default=0.005, ge=0, lt=0.5)
+
+
+class MonitoringPolicy(_Frozen):
+    """When `triage monitor` raises an alert (post-market surveillance of a deployed model).
+
+    Operational policy, not part of the model: the spec's digest leaves it out, so tightening a
+    threshold changes no registered model. Drift alerts also need the difference to be beyond
+    sampling noise (the drift table's Bonferroni-corrected p-value), and realised-performance
+    alerts need `min_events` events with elapsed horizons, so a quiet week cannot page anyone."""
+
+    analyte_psi: float = Field(
+        default=0.25, gt=0, description="an input's PSI against the training reference above it"
+    )
+    missingness_change: float = Field(
+        default=0.10, gt=0, lt=1, description="an input's missing rate moved by more than this"
+    )
+    score_psi: float = Field(
+        default=0.25, gt=0, description="the probability's PSI against training above it"
+    )
+    refusal_rate: float = Field(
+        default=0.15, gt=0, le=1, description="share of a week's requests refused above it"
+    )
+    warning_rate: float = Field(
+        default=0.20, gt=0, le=1, description="share of a week's scores with one warning code"
+    )
+    warning_codes_not_alerting: tuple[str, ...] = Field(
+        default=("analyte_missing",),
+        description="warning codes reported but never alerting on their rate: a model that "
+        "scores without an optional analyte warns on most requests by design (its missingness "
+        "is judged against training by the drift checks instead)",
+    )
+    min_week_requests: int = Field(
+        default=50, ge=1, description="fewest requests in a week before its rates can alert"
+    )
+    shadow_band_agreement: float = Field(
+        default=0.80, gt=0, le=1, description="a shadow's bands equal the champion's less often"
+    )
+    rule_out_sensitivity: float | None = Field(
+        default=None,
+        gt=0.5,
+        lt=1,
+        description="alert when the upper 95% bound of the green band's realised sensitivity is "
+        "below it (None: the spec's triage.rule_out_sensitivity)",
+    )
+    observed_expected: tuple[float, float] = Field(
+        default=(0.8, 1.25), description="alert when the realised O/E 95% CI lies outside it"
+    )
+    min_events: int = Field(
+        default=20, ge=1, description="fewest realised cancers before a realised metric alerts"
+    )

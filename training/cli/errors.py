@@ -28,11 +28,13 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from training.cohorts.reader import CohortError
     from training.cohorts.standard import SourceError
     from training.cohorts.standard.concept_sets import ConceptSetError
+    from training.monitor.outcomes import OutcomesError
     from training.registry.store import RegistryError
 
     return (
         SpecError, CohortError, ColumnError, DateError, RegistryError, RoutingError,
         UnknownUnitError, ArtifactError, FileNotFoundError, SourceError, ConceptSetError,
+        OutcomesError,
     )  # fmt: skip
 
 

@@ -35,7 +35,7 @@ GREEN, RED = "#1a9850", "#d73027"
 # --------------------------------------------------------------------------- plots
 
 
-def _png(draw: Callable[[Any], None], size: tuple[float, float]) -> str:
+def figure_png(draw: Callable[[Any], None], size: tuple[float, float]) -> str:
     """Draw on a new figure of matplotlib's object API (no pyplot: no global figure list, no
     backend switch) and return it as an <img> data URI."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -149,7 +149,7 @@ def roc_plot(evaluation: Mapping[str, Any], baseline: Mapping[str, Any] | None) 
         ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
         ax.legend(loc="lower right", fontsize="small")
 
-    return _png(draw, (5.4, 5.0))
+    return figure_png(draw, (5.4, 5.0))
 
 
 def calibration_plot(evaluation: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> str:
@@ -178,7 +178,7 @@ def calibration_plot(evaluation: Mapping[str, Any], baseline: Mapping[str, Any] 
         ax.set(xlim=(0, top), ylim=(0, top))
         ax.legend(loc="upper left")
 
-    return _png(draw, (5.0, 4.6))
+    return figure_png(draw, (5.0, 4.6))
 
 
 def decision_range(prevalence: float, thresholds: Sequence[float]) -> tuple[float, float]:
@@ -271,7 +271,7 @@ def decision_plot(evaluation: Mapping[str, Any], baseline: Mapping[str, Any] | N
             loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize="small", frameon=False
         )
 
-    return _png(draw, (6.4, 4.4))
+    return figure_png(draw, (6.4, 4.4))
 
 
 def forest_plot(
@@ -318,7 +318,7 @@ def forest_plot(
             axes[2].legend(loc="lower left", fontsize="small")
         axes[0].set_yticks(y, labels)
 
-    return _png(draw, (11.0, 1.2 + 0.32 * len(rows)))
+    return figure_png(draw, (11.0, 1.2 + 0.32 * len(rows)))
 
 
 def _column(intervals: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
@@ -341,4 +341,4 @@ def shap_plot(sample: pd.DataFrame, seed: int | None = None, max_display: int = 
     height = 1.6 + 0.36 * min(
         max_display, sum(str(c).startswith("contrib__") for c in sample.columns)
     )
-    return _png(lambda fig: draw_beeswarm(fig, sample, max_display, note), (8.0, height))
+    return figure_png(lambda fig: draw_beeswarm(fig, sample, max_display, note), (8.0, height))

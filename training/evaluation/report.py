@@ -344,7 +344,7 @@ def _decision_section(ev: Mapping[str, Any], base: Mapping[str, Any] | None) -> 
     return section("decision", decision_plot(ev, base) + note(text))
 
 
-_CSS = """
+REPORT_CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
 max-width:1100px;color:#222;line-height:1.4;padding:0 1em}
 h1{font-size:1.6em}h2{border-bottom:2px solid #ccd;padding-bottom:.2em;margin-top:2em}
@@ -409,5 +409,5 @@ def render_report(
     notes = "".join(note(str(n)) for n in ev.get("notes") or [])
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-        f"<style>{_CSS}</style></head><body>{''.join(parts)}{notes}</body></html>"
+        f"<style>{REPORT_CSS}</style></head><body>{''.join(parts)}{notes}</body></html>"
     )
