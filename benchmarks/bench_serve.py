@@ -1,10 +1,14 @@
 """Benchmark: the triage API on loopback, against MLflow's server on the same champion.
 
 Trains and releases a `lower_gi` champion (default tree shape) from a simulated cohort in a
-temporary work folder, starts `bentoml serve` (one worker per core) and prints:
+temporary work folder, with a second version (another seed) released as `lower_gi@challenger`
+(`--pin`), starts `bentoml serve` (one worker per core) and prints:
 - startup to ready (s) and resident memory per worker (MB);
 - sequential single-patient score + explain latency, p50 and p99 (ms);
 - throughput with explanations at 8 concurrent clients (requests/s), and errors;
+- the same three figures with one shadow model (`TRIAGE_SHADOW=lower_gi@challenger`: the second
+  version scores every request silently, into the audit trail), and their ratios to the figures
+  without (goals: p50 at most 1.5x, throughput at least 0.6x);
 - the same three figures with the PostgreSQL audit store (the configuration for several servers),
   when a server is given (`--postgres-url`, default `TRIAGE_TEST_POSTGRES_URL`; `.ci/postgres.sh`
   starts one on loopback): the audit tables go to a fresh database, dropped afterwards;
@@ -37,6 +41,8 @@ from models.spec import load_spec
 from serving.examples import EXAMPLE_PATIENT
 from serving.server import Server, free_port, wait_until_ok
 
+SHADOW = "lower_gi@challenger"
+
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
     array = np.array(samples) * 1000
@@ -64,7 +70,8 @@ def sequential(port: int, request: bytes, n: int, seconds: float) -> list[float]
 
 
 def prepare(work: Path, n: int) -> dict[str, str]:
-    """Simulate, train, register, promote and release lower_gi into `work`."""
+    """Simulate, train, register, promote and release lower_gi into `work`, with a second
+    version (another seed) registered as `challenger` and released for pinning (the shadow)."""
     env = {"BENTOML_HOME": str(work / "bentoml"), "TRIAGE_HOME": str(work / "var"),
            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # fmt: skip
     os.environ.update(env)
@@ -80,9 +87,12 @@ def prepare(work: Path, n: int) -> dict[str, str]:
     result = train_model(load_spec("lower_gi"), TrainOptions(work / "cohort", n_boot=20))
     logged = log_training(result, tracking)
     promote(tracking, result.spec, str(logged.version), override_reason="benchmark")
-    release_champions(tracking.uri)
+    other = train_model(load_spec("lower_gi"), TrainOptions(work / "cohort", n_boot=20, seed=6))
+    challenger = log_training(other, tracking)  # registered as `challenger`
+    release_champions(tracking.uri, extra=[SHADOW])
     print(f"champion: lower_gi v{logged.version}, {result.provenance['best_iteration']} trees, "
-          f"{len(result.predictor.feature_names)} features")  # fmt: skip
+          f"{len(result.predictor.feature_names)} features; shadow: lower_gi v"
+          f"{challenger.version}, {other.provenance['best_iteration']} trees")  # fmt: skip
     return {**env, "MLFLOW_TRACKING_URI": tracking.uri}
 
 
@@ -112,9 +122,9 @@ def fresh_database(url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def measure(env: dict[str, str], label: str, args: argparse.Namespace) -> float:
+def measure(env: dict[str, str], label: str, args: argparse.Namespace) -> tuple[float, float]:
     """Start a server with `env`, measure sequential latency and throughput, print, stop it;
-    the sequential p50 (ms)."""
+    the sequential p50 (ms) and the throughput (requests/s)."""
     server = Server(env)
     try:
         ready = server.start(timeout=120)
@@ -131,7 +141,18 @@ def measure(env: dict[str, str], label: str, args: argparse.Namespace) -> float:
           f"p99 {p99:.2f} ms")  # fmt: skip
     print(f"[{label}] score+explain, 8 concurrent clients, {args.seconds:.0f} s: "
           f"{done / args.seconds:.0f} requests/s, {errors} errors")  # fmt: skip
-    return p50
+    return p50, done / args.seconds
+
+
+def shadow_rows(work: Path) -> int:
+    """How many shadow rows the SQLite audit store of the work folder holds."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{work / 'var' / 'serving' / 'audit.db'}")
+    with engine.connect() as connection:
+        count = connection.exec_driver_sql("SELECT count(*) FROM audit_shadow").scalar()
+    engine.dispose()
+    return int(count or 0)
 
 
 def main() -> None:
@@ -148,7 +169,11 @@ def main() -> None:
         env.pop("TRIAGE_AUDIT_URL", None)
         # `mlflow models serve` runs `uvicorn` by name: the venv's bin must be on PATH.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        p50 = measure(env, "SQLite audit", args)
+        p50, throughput = measure(env, "SQLite audit", args)
+        s50, shadowed = measure({**env, "TRIAGE_SHADOW": SHADOW}, "SQLite audit, one shadow", args)
+        print(f"one shadow ({SHADOW}, {shadow_rows(work):,} shadow rows audited) / none: "
+              f"p50 {s50 / p50:.2f}x (goal <= 1.5x), throughput {shadowed / throughput:.2f}x "
+              "(goal >= 0.6x)")  # fmt: skip
         if args.postgres_url:
             with fresh_database(args.postgres_url) as url:
                 measure({**env, "TRIAGE_AUDIT_URL": url}, "PostgreSQL audit", args)

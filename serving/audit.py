@@ -6,8 +6,10 @@ client's own per-item id), time, endpoint, outcome and reason codes, the model's
 run, the patient reference pseudonymised with a keyed HMAC (the raw reference is never stored or
 logged), the whole canonical request needed to re-score it (`canonical_request`), the canonical
 inputs, warnings, probability, band, base and contributions (none for a refusal), and the JSON
-body sent for the item. Tables: `serving.audit_schema`; the chain: `serving.audit_chain`; client
-keys: `serving.idempotency`; group commit: `serving.audit_writer`.
+body sent for the item. A row may carry the scores of shadow (silent-run) versions for the same
+record, written in the same transaction (`serving.audit_shadow`). Tables: `serving.audit_schema`;
+the chain: `serving.audit_chain`; client keys: `serving.idempotency`; group commit:
+`serving.audit_writer`.
 
 SQLite by default (WAL journal, `synchronous=NORMAL`: a killed server loses no committed row;
 a power cut may lose the last commits); PostgreSQL by URL for several servers. Appends are
@@ -20,12 +22,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +36,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from serving.audit_chain import GENESIS_MAC, VerifyReport, chain_key, row_mac, verify_rows
-from serving.audit_schema import AUDIT, CHAIN_HEAD, HEAD_ID, METADATA
+from serving.audit_schema import AUDIT, CHAIN_HEAD, HEAD_ID, METADATA, SHADOW
+from serving.audit_shadow import ShadowCheck, ShadowRecord, read_shadow_rows, shadow_mac
+from serving.audit_shadow import canonical_json as _json
 from serving.audit_writer import GroupWriter
 from serving.idempotency import (
     STALE_SECONDS,
@@ -48,12 +51,13 @@ from serving.idempotency import (
 )
 
 __all__ = [
-    "AUDIT", "AuditRecord", "AuditStore", "Claim", "CommitConflictError", "VerifyReport",
-    "canonical_request", "pseudonymise",
+    "AUDIT", "AuditRecord", "AuditStore", "Claim", "CommitConflictError", "ShadowRecord",
+    "VerifyReport", "canonical_request", "pseudonymise",
 ]  # fmt: skip
 
 Outcome = Literal["scored", "refused"]
 _COLUMNS = tuple(column.name for column in AUDIT.columns)
+_SHADOW_COLUMNS = tuple(column.name for column in SHADOW.columns)
 
 
 def pseudonymise(reference: str | None, key: str) -> str | None:
@@ -94,10 +98,6 @@ def canonical_request(
     }
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
 def _body_text(body: str | bytes | Mapping[str, Any]) -> str:
     if isinstance(body, bytes):
         return body.decode()
@@ -127,6 +127,7 @@ class AuditRecord:
     base: float | None
     contributions: str | None  # JSON
     response: str  # JSON body sent for this item
+    shadows: tuple[ShadowRecord, ...] = ()  # not a trail column: rows of `audit_shadow`
 
     @classmethod
     def build(
@@ -151,10 +152,13 @@ class AuditRecord:
         base: float | None = None,
         contributions: Mapping[str, float] | None = None,
         received_at: str | None = None,
+        shadows: Sequence[ShadowRecord] = (),
     ) -> AuditRecord:
         """A scored row needs probability, band, base and contributions; a refused one has none
         of them and at least one reason code. `reason_codes` are the refusal codes; the stored
-        list adds the warning codes after them."""
+        list adds the warning codes after them. `shadows`: the shadow versions' rows for this
+        record; the audited request lists them (`"shadows": ["NAME/VERSION", ...]`), so the chain
+        itself records which shadow rows must exist."""
         scored = (probability, band, base, contributions)
         if outcome == "scored" and any(v is None for v in scored):
             raise ValueError("a scored row needs probability, band, base and contributions")
@@ -172,7 +176,7 @@ class AuditRecord:
             model_version=model_version,
             run_id=run_id,
             patient_pseudonym=patient_pseudonym,
-            request=_json(request),
+            request=_json({**request, "shadows": [s.ref for s in shadows]} if shadows else request),
             inputs=_json(dict(inputs or {})),
             warnings=_json(list(warnings)),
             probability=None if probability is None else float(probability),
@@ -180,6 +184,7 @@ class AuditRecord:
             base=None if base is None else float(base),
             contributions=None if contributions is None else _json(dict(contributions)),
             response=_body_text(response),
+            shadows=tuple(shadows),
         )
 
 
@@ -360,26 +365,32 @@ class AuditStore:
         (`_chain_sql`): through SQLAlchemy Core they cost ~4x as much CPU, and this is the
         request path (the audit write was ~23% of a worker's CPU)."""
         assert self._chain_key is not None
-        select_head, insert_rows, update_head = self._chain_sql
+        select_head, insert_rows, update_head, insert_shadows = self._chain_sql
         with self._writing() as connection:
             cursor = connection.connection.cursor()
             cursor.execute(select_head)  # PostgreSQL: FOR UPDATE, the chain lock
             head = cursor.fetchone()
             assert head is not None, "the chain head row is made with the schema"
             seq, mac = head
-            rows = []
+            rows, shadows = [], []
             for job in jobs:
                 for record in job.records:
                     seq += 1
                     row = {**record.__dict__, "seq": seq, "prev_mac": mac}
                     mac = row["mac"] = row_mac(self._chain_key, mac, row)
                     rows.append(tuple(row[name] for name in _COLUMNS))
+                    for shadow in record.shadows:
+                        values = shadow.row(seq)
+                        values["mac"] = shadow_mac(self._chain_key, mac, values)
+                        shadows.append(tuple(values[name] for name in _SHADOW_COLUMNS))
             if rows:
                 try:
                     cursor.executemany(insert_rows, rows)
                 except self.engine.dialect.loaded_dbapi.IntegrityError as error:
                     message = f"a (request_id, item) is already audited: {error}"
                     raise CommitConflictError(message) from None
+                if shadows:
+                    cursor.executemany(insert_shadows, shadows)
                 cursor.execute(update_head, (seq, mac))
             for job in jobs:
                 if job.key is not None:
@@ -389,8 +400,9 @@ class AuditStore:
                     )  # fmt: skip
 
     @property
-    def _chain_sql(self) -> tuple[str, str, str]:
-        """SELECT the head (locking it on PostgreSQL), INSERT rows, UPDATE the head."""
+    def _chain_sql(self) -> tuple[str, str, str, str]:
+        """SELECT the head (locking it on PostgreSQL), INSERT rows, UPDATE the head, INSERT
+        shadow rows."""
         mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         lock = " FOR UPDATE" if self.engine.dialect.name == "postgresql" else ""
         where = f"WHERE id = {HEAD_ID}"
@@ -399,6 +411,8 @@ class AuditStore:
             f"INSERT INTO {AUDIT.name} ({', '.join(_COLUMNS)}) "
             f"VALUES ({', '.join([mark] * len(_COLUMNS))})",
             f"UPDATE {CHAIN_HEAD.name} SET seq = {mark}, mac = {mark} {where}",
+            f"INSERT INTO {SHADOW.name} ({', '.join(_SHADOW_COLUMNS)}) "
+            f"VALUES ({', '.join([mark] * len(_SHADOW_COLUMNS))})",
         )
 
     def close(self) -> None:
@@ -425,6 +439,10 @@ class AuditStore:
             if len(page) < batch:
                 return
             after = page[-1].seq
+
+    def shadow_rows(self, *, batch: int = 5_000) -> Iterator[dict[str, Any]]:
+        """Every shadow row with its served row's `request_id`, `item` and `request`."""
+        return read_shadow_rows(self.engine, self.head()[0], batch=batch)
 
     def lookup(self, request_id: str) -> list[dict[str, Any]]:
         """The rows of one request, by item (a result page, or a replayed answer)."""
@@ -461,8 +479,19 @@ class AuditStore:
                 rows = connection.execution_options(yield_per=5_000).execute(
                     sa.select(AUDIT).order_by(AUDIT.c.seq)
                 )
-                mapped = (dict(row._mapping) for row in rows)
-                return verify_rows(mapped, self._chain_key, (int(head.seq), str(head.mac)))
+                shadows = connection.execution_options(yield_per=5_000).execute(
+                    sa.select(SHADOW).order_by(
+                        SHADOW.c.trail_seq, SHADOW.c.model_name, SHADOW.c.model_version
+                    )
+                )
+                check = ShadowCheck((dict(row._mapping) for row in shadows), self._chain_key)
+                mapped = check.follow(dict(row._mapping) for row in rows)
+                report = verify_rows(mapped, self._chain_key, (int(head.seq), str(head.mac)))
+                found = check.finish() if report.ok else check.finding
+        if found is not None and (report.broken_seq is None or found.seq < report.broken_seq):
+            return replace(report, broken_seq=found.seq, problem=found.problem,
+                           detail=found.detail)  # fmt: skip
+        return replace(report, shadows=check.rows)
 
     def integrity_problems(self) -> list[str]:
         """The database's own check (SQLite) and the chain's first broken link, as text."""

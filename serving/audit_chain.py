@@ -31,7 +31,10 @@ CHAINED_FIELDS = (
     "inputs", "warnings", "probability", "band", "base", "contributions", "response",
 )  # fmt: skip
 
-Problem = Literal["gap", "relinked", "changed", "head_mismatch"]
+Problem = Literal[
+    "gap", "relinked", "changed", "head_mismatch", "shadow_changed", "shadow_missing",
+    "shadow_orphan",
+]  # fmt: skip
 
 
 def chain_key(hmac_key: str) -> bytes:
@@ -67,6 +70,7 @@ class VerifyReport:
     broken_seq: int | None = None
     problem: Problem | None = None
     detail: str = ""
+    shadows: int = 0  # shadow rows checked against their served rows (serving/audit_shadow.py)
 
     @property
     def ok(self) -> bool:
@@ -76,7 +80,8 @@ class VerifyReport:
         if self.ok:
             checked = "MACs verified" if self.keyed else "links only: MACs not verified (no key)"
             head = f"head seq {self.head_seq} mac {self.head_mac}"
-            return f"chain ok: {self.rows:,} rows, {head} ({checked})"
+            shadows = f"{self.shadows:,} shadow rows, " if self.shadows else ""
+            return f"chain ok: {self.rows:,} rows, {shadows}{head} ({checked})"
         return f"chain broken at seq {self.broken_seq} ({self.problem}): {self.detail}"
 
 

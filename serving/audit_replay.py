@@ -1,6 +1,7 @@
 """Re-scoring the audit trail: each scored row's canonical request, scored again by the same
 released predictor version, must give the stored probability, band, base and contributions
-exactly (same booster, same inputs: bit-identical floats, which JSON and the database keep)."""
+exactly (same booster, same inputs: bit-identical floats, which JSON and the database keep).
+Shadow rows are re-scored the same way, by their own version, from their served row's request."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class ReplayMismatch:
     output: str  # probability | band | base | contributions | eligible
     stored: Any
     rescored: Any
+    shadow: str | None = None  # "NAME/VERSION" for a shadow row's output
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,20 @@ class ReplayReport:
     def ok(self) -> bool:
         return not self.mismatches
 
+    def __add__(self, other: ReplayReport) -> ReplayReport:
+        return ReplayReport(
+            self.checked + other.checked,
+            self.skipped + other.skipped,
+            self.mismatches + other.mismatches,
+        )
+
 
 def predictors_by_version(served: Mapping[str, Served]) -> dict[tuple[str, str], TriagePredictor]:
-    """(model name, version) -> predictor, from a loaded release (`serving.release`)."""
-    return {(s.name, s.version): s.predictor for s in served.values()}
+    """(model name, version) -> predictor, from a loaded release (`serving.release`): every
+    released version of a `Release` (pinned ones too: shadows, pinned requests), else the
+    champions given."""
+    versions = getattr(served, "versions", {s.name: {s.version: s} for s in served.values()})
+    return {(s.name, s.version): s.predictor for f in versions.values() for s in f.values()}
 
 
 def replay_rows(
@@ -61,16 +73,40 @@ def replay_rows(
             continue
         request = json.loads(row["request"])
         score = predictor.score(request["record"], pathway=request["pathway"])
-        mismatches.extend(_compare(row, score))
+        mismatches.extend(_compare(row, score, (int(row["seq"]), row["request_id"], row["item"])))
         checked += 1
     return ReplayReport(checked, skipped, mismatches)
 
 
-def _compare(row: Mapping[str, Any], score: Score) -> list[ReplayMismatch]:
+def replay_shadow_rows(
+    rows: Iterable[Mapping[str, Any]], predictors: Mapping[tuple[str, str], TriagePredictor]
+) -> ReplayReport:
+    """`replay_rows` for shadow rows (`AuditStore.shadow_rows`: each with its served row's
+    request): each scored one re-scored by its own version; skips are counted as "shadow ..."."""
+    checked, skipped, mismatches = 0, Counter[str](), list[ReplayMismatch]()
+    for row in rows:
+        ref = f"{row['model_name']}/{row['model_version']}"
+        if row["outcome"] != "scored":
+            skipped["shadow refused"] += 1
+            continue
+        predictor = predictors.get((row["model_name"], row["model_version"]))
+        if predictor is None:
+            skipped[f"shadow {row['model_name']} v{row['model_version']} not loaded"] += 1
+            continue
+        request = json.loads(row["request"])
+        score = predictor.score(request["record"], pathway=request["pathway"])
+        where = (int(row["trail_seq"]), row["request_id"], row["item"])
+        mismatches.extend(_compare(row, score, where, shadow=ref))
+        checked += 1
+    return ReplayReport(checked, skipped, mismatches)
+
+
+def _compare(
+    row: Mapping[str, Any], score: Score, where: tuple[int, str, int], shadow: str | None = None
+) -> list[ReplayMismatch]:
     """The outputs that differ between a stored row and its re-scoring (exact comparison)."""
-    where = (int(row["seq"]), str(row["request_id"]), int(row["item"]))
     if not score.eligible:
-        return [ReplayMismatch(*where, "eligible", True, False)]
+        return [ReplayMismatch(*where, "eligible", True, False, shadow)]
     pairs = {
         "probability": (row["probability"], score.probability),
         "band": (row["band"], score.band),
@@ -78,7 +114,7 @@ def _compare(row: Mapping[str, Any], score: Score) -> list[ReplayMismatch]:
         "contributions": (json.loads(row["contributions"]), score.contributions),
     }
     return [
-        ReplayMismatch(*where, output, stored, rescored)
+        ReplayMismatch(*where, output, stored, rescored, shadow)
         for output, (stored, rescored) in pairs.items()
         if stored != rescored
     ]

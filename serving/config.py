@@ -11,11 +11,14 @@
 | `TRIAGE_RATE_LIMIT` | requests per minute per API key (0: no limit) | 0 |
 | `TRIAGE_AUTH_FAILURE_LIMIT` | failed authentications a minute per client address (0: none) | 10 |
 | `TRIAGE_KEEP_ALIVE_SECONDS` | how long an idle keep-alive connection is kept open | 75 |
+| `TRIAGE_SHADOW` | comma-separated shadow versions, `NAME@ALIAS` or `NAME/VERSION` (4) | none |
 | `TRIAGE_HOME` | work folder | `var` |
 
 (1) `{TRIAGE_HOME}/serving/hmac.key`; (2) `{TRIAGE_HOME}/serving/audit.db`; (3) sized from the
 batch limit, so that a full batch of full-panel patients, pretty-printed, always fits:
-`TRIAGE_MAX_BATCH` x 8,000 + 65,536 bytes (865,536 for 100; see `default_body_limit`).
+`TRIAGE_MAX_BATCH` x 8,000 + 65,536 bytes (865,536 for 100; see `default_body_limit`);
+(4) each scores, silently, the records NAME's champion answers (serving/shadow.py); it must be in
+the release (`triage release --pin REF`), else the server is not ready and says so.
 
 Once a client address has failed authentication `TRIAGE_AUTH_FAILURE_LIMIT` times in a minute, its
 requests get 429 before any key is compared, a right key included (else guessing would still learn
@@ -93,6 +96,7 @@ class ServingConfig(BaseModel):
     max_body_bytes: int = Field(ge=1024)  # default: `default_body_limit(max_batch)`
     rate_limit_per_minute: int = Field(default=0, ge=0)
     auth_failures_per_minute: int = Field(default=10, ge=0)
+    shadows: tuple[str, ...] = ()  # TRIAGE_SHADOW refs, resolved against the release
 
     @model_validator(mode="before")
     @classmethod
@@ -115,6 +119,7 @@ class ServingConfig(BaseModel):
         hashes = [h.strip().lower() for h in env.get("TRIAGE_API_KEY_HASHES", "").split(",")]
         hashes += [hash_key(k.strip()) for k in env.get("TRIAGE_API_KEYS", "").split(",")]
         body_limit = env.get("TRIAGE_MAX_BODY_BYTES")
+        shadow = env.get("TRIAGE_SHADOW", "")
         audit_url = env.get("TRIAGE_AUDIT_URL") or (
             f"sqlite:///{(home / 'serving' / 'audit.db').resolve()}"
         )
@@ -126,6 +131,7 @@ class ServingConfig(BaseModel):
             max_body_bytes=int(body_limit) if body_limit else None,
             rate_limit_per_minute=int(env.get("TRIAGE_RATE_LIMIT", 0)),
             auth_failures_per_minute=int(env.get("TRIAGE_AUTH_FAILURE_LIMIT", 10)),
+            shadows=tuple(dict.fromkeys(r.strip() for r in shadow.split(",") if r.strip())),
         )
 
 

@@ -41,6 +41,7 @@ from serving.triage import Answer, Service, fingerprint, sample_date_issues
 
 if TYPE_CHECKING:
     from models.predictor import Score
+    from serving.audit import ShadowRecord
     from serving.release import Served
     from serving.triage import TriageService
 
@@ -121,20 +122,24 @@ def audited_request(patient: ScoreRequest, pathway: str | None) -> dict[str, Any
 
 def _score_patient(
     service: TriageService, patient: ScoreRequest
-) -> tuple[Served | None, str | None, Score | ApiError]:
-    """Route and score one patient: the served model, the pathway and its score or refusal."""
+) -> tuple[Served | None, str | None, Score | ApiError, list[ShadowRecord]]:
+    """Route and score one patient: the served model, the pathway, its score or refusal, and
+    the shadow rows for the record (once the champion's predictor has read it)."""
     served = pathway = None
+    shadows: list[ShadowRecord] = []
     try:
         served, pathway = service.choose(patient.model, patient.pathway)
         lookback = served.predictor.spec.features.lookback_days
         if issues := sample_date_issues(patient.sample_date, lookback):
             raise service.refusal(served, issues)
-        score = served.predictor.score(record_of(patient), pathway=pathway)
+        record = record_of(patient)
+        score = served.predictor.score(record, pathway=pathway)
+        shadows = service.score_shadows(served, patient.model, record, pathway)
         if not score.eligible:
             raise service.refusal(served, score.issues)
     except ApiError as failure:
-        return served, pathway, failure
-    return served, pathway, score
+        return served, pathway, failure, shadows
+    return served, pathway, score, shadows
 
 
 @app.post("/score", response_model=ScoreResponse, responses=ERRORS)
@@ -145,13 +150,14 @@ async def score(service: Service, body: ScoreRequest, request: Request) -> Respo
     error = json_failure(request_id)
 
     def work() -> Answer:
-        served, pathway, result = _score_patient(service, body)
+        served, pathway, result, shadows = _score_patient(service, body)
         audit: dict[str, Any] = {
             "request_id": request_id,
             "item": 0,
             "endpoint": "score",
             "request": audited_request(body, pathway),
             "reference": body.patient_reference,
+            "shadows": shadows,
         }
         if isinstance(result, ApiError):
             answer = error(result)
@@ -184,7 +190,7 @@ async def score_batch(service: Service, body: BatchRequest, request: Request) ->
             return error(ApiError(422, "batch_too_large", f"at most {limit} patients"))
         items: list[BatchItem] = []
         answer = Answer(200, b"")
-        pending = []  # (index, patient or None, served, pathway, score or refusal)
+        pending = []  # (index, patient, served, pathway, score or refusal, shadow rows)
         for index, raw in enumerate(body.patients):
             try:
                 patient = ScoreRequest.model_validate(raw)
@@ -194,11 +200,11 @@ async def score_batch(service: Service, body: BatchRequest, request: Request) ->
                     code=failure.code, message=failure.message,
                     issues=issues_out(failure.issues))))  # fmt: skip
                 continue
-            served, pathway, result = _score_patient(service, patient)
+            served, pathway, result, shadows = _score_patient(service, patient)
             if isinstance(result, ApiError) and result.status == 503:
                 return error(result)
-            pending.append((index, patient, served, pathway, result))
-        for index, patient, served, pathway, result in pending:
+            pending.append((index, patient, served, pathway, result, shadows))
+        for index, patient, served, pathway, result, shadows in pending:
             audit: dict[str, Any] = {
                 "request_id": request_id,
                 "item": index,
@@ -206,6 +212,7 @@ async def score_batch(service: Service, body: BatchRequest, request: Request) ->
                 "request": audited_request(patient, pathway),
                 "reference": patient.patient_reference,
                 "item_request_id": patient.request_id,
+                "shadows": shadows,
             }
             if isinstance(result, ApiError):
                 failure_body = ErrorBody(code=result.code, message=result.message,

@@ -43,6 +43,7 @@ from serving.triage import CLOCK_SLACK, Answer, Service, fingerprint
 
 if TYPE_CHECKING:
     from models.predictor import Score
+    from serving.audit import ShadowRecord
     from serving.release import Served
     from serving.triage import TriageService
 
@@ -82,12 +83,14 @@ def score_bundle(
     model: str | None,
     pathway: str | None,
     as_of: date | None,
-) -> tuple[Served | None, str | None, FhirRequest | None, Score | ApiError]:
+) -> tuple[Served | None, str | None, FhirRequest | None, Score | ApiError, list[ShadowRecord]]:
     """Route, read and score a Bundle: the model, the pathway, what was read and the score, or
-    the refusal (422 `ineligible` with every issue, the ignored Observations' warnings too)."""
+    the refusal (422 `ineligible` with every issue, the ignored Observations' warnings too), and
+    the shadow rows for the record (once the champion's predictor has read it)."""
     served: Served | None = None
     parsed: FhirRequest | None = None
     resolved = None
+    shadows: list[ShadowRecord] = []
     try:
         today = datetime.now(UTC).date()
         if as_of is not None and as_of > today + CLOCK_SLACK:
@@ -102,11 +105,12 @@ def score_bundle(
         except FhirError as error:
             raise service.refusal(served, error.issues) from None
         score = served.predictor.score(parsed.record, pathway=resolved)
+        shadows = service.score_shadows(served, model, parsed.record, resolved)
         if not score.eligible:
             raise service.refusal(served, [*score.issues, *parsed.warnings])
     except ApiError as failure:
-        return served, resolved, parsed, failure
-    return served, resolved, parsed, score
+        return served, resolved, parsed, failure, shadows
+    return served, resolved, parsed, score, shadows
 
 
 def audited_fhir_request(
@@ -141,7 +145,7 @@ async def fhir_score(
     query = {"model": model, "pathway": pathway, "asOf": as_of}
 
     def work() -> Answer:
-        served, resolved, parsed, result = score_bundle(
+        served, resolved, parsed, result, shadows = score_bundle(
             service, data, model=model, pathway=pathway, as_of=as_of
         )
         audit: dict[str, Any] = {
@@ -150,6 +154,7 @@ async def fhir_score(
             "endpoint": "fhir/score",
             "request": audited_fhir_request(parsed, model, pathway, resolved, as_of),
             "reference": parsed.subject if parsed else None,
+            "shadows": shadows,
         }
         if isinstance(result, ApiError):
             answer = fhir_failure(result)
@@ -245,7 +250,7 @@ async def cds_service(
     result_url = f"{str(request.url).rsplit('/cds-services/', 1)[0]}/result/{request_id}"
 
     def work() -> Answer:
-        served, resolved, parsed, result = score_bundle(
+        served, resolved, parsed, result, shadows = score_bundle(
             service, hook.bundle, model=None, pathway=hook.pathway, as_of=None
         )
         model = served.predictor.describe() | {"version": served.version} if served else None
@@ -255,6 +260,7 @@ async def cds_service(
             "endpoint": f"cds/{hook.hook}",
             "request": audited_fhir_request(parsed, None, hook.pathway, resolved, None),
             "reference": parsed.subject if parsed else None,
+            "shadows": shadows,
         }
         if isinstance(result, ApiError):
             if result.status == 503:

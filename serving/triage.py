@@ -8,8 +8,9 @@ store (text boosters + JSON, verified by checksum), with one LightGBM thread.
 
 Every answer to a scoring request, a score or a refusal, is written to the audit trail (and, for a
 request id the client chose, stored against that id) before the response leaves; a request id the
-client repeats is answered from the store. Thresholds, bands and wording come from the predictor,
-and which model answers from `models.routing`, never from here.
+client repeats is answered from the store. Shadow versions (`TRIAGE_SHADOW`, serving/shadow.py)
+score the records their champion answers, into the audit trail only. Thresholds, bands and
+wording come from the predictor, and which model answers from `models.routing`, never from here.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import gc
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -34,10 +35,11 @@ from models.routing import RoutingError, route
 from models.spec import ModelSpec
 from models.validation import Issue
 from serving.api import ApiError
-from serving.audit import AuditRecord, AuditStore, pseudonymise
+from serving.audit import AuditRecord, AuditStore, ShadowRecord, pseudonymise
 from serving.config import ServingConfig
 from serving.idempotency import CommitConflictError
 from serving.middleware import current_config
+from serving.shadow import ShadowConfigError, is_pinned, resolve_shadows, shadow_record
 
 if TYPE_CHECKING:  # LightGBM (and, through it, scikit-learn) loads in the workers only
     from models.predictor import Score
@@ -68,6 +70,11 @@ def _metrics() -> dict[str, Any]:
             documentation="predicted probabilities",
             labelnames=["model"],
             buckets=(0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0),
+        ),
+        "shadow_scores": prometheus_client.Counter(
+            name="triage_shadow_scores",
+            documentation="records scored by shadow versions (band: red/amber/green or refused)",
+            labelnames=["model", "version", "band"],
         ),
     }
 
@@ -126,6 +133,7 @@ class TriageService:
         self.release: Release | None = None
         self.specs: dict[str, ModelSpec] = {}
         self.not_ready_reason: str | None = None
+        self.shadows: dict[str, tuple[Served, ...]] = {}  # model name -> its shadow versions
         from serving.release import BUNDLE_NAME, load_release
 
         try:
@@ -138,7 +146,15 @@ class TriageService:
             return
         self.release = load_release(folder)  # raises ArtifactError on a tampered artifact
         self.specs = {n: s.predictor.spec for n, s in self.release.champions.items()}
+        try:
+            self.shadows = resolve_shadows(self.release, self.config.shadows)
+        except ShadowConfigError as error:
+            self.not_ready_reason = str(error)
+            logger.error("not ready: %s", self.not_ready_reason)
+            return
         logger.info("serving %s", ", ".join(f"{s.name} v{s.version}" for s in self.released()))
+        for shadow in (s for found in self.shadows.values() for s in found):
+            logger.info("shadow: %s v%s", shadow.name, shadow.version)
         # Everything loaded so far (libraries, predictors; ~230k objects) lives as long as the
         # worker: keep it out of the cyclic collector's full passes, each of which would stall a
         # request for ~0.2 s. (No gc.collect() first: it would add that 0.2 s to start-up.)
@@ -180,6 +196,22 @@ class TriageService:
             raise ApiError(404, "unknown_model_version",
                            f"{name} {pin} is not released on this server")  # fmt: skip
         return served, pathway
+
+    def score_shadows(
+        self,
+        served: Served,
+        model: str | None,
+        record: Mapping[str, Any],
+        pathway: str | None,
+    ) -> list[ShadowRecord]:
+        """The shadow rows for a record `served` (NAME's champion) scored, or refused on its own
+        eligibility: one per shadow of NAME, none when the client pinned a version or alias
+        (`model`, as asked for)."""
+        if is_pinned(model):
+            return []
+        return [
+            shadow_record(shadow, record, pathway) for shadow in self.shadows.get(served.name, ())
+        ]
 
     def refusal(self, served: Served | None, issues: list[Issue] | tuple[Issue, ...]) -> ApiError:
         """An ineligible record: counted, and answered 422 `ineligible`."""
@@ -262,6 +294,10 @@ class TriageService:
             metrics["probability"].labels(model=served.name).observe(score.probability)
             for issue in score.issues:
                 metrics["warnings"].labels(model=served.name, code=issue.code).inc()
+        for shadow in (shadow for record in result.records for shadow in record.shadows):
+            metrics["shadow_scores"].labels(
+                model=shadow.model_name, version=shadow.model_version, band=shadow.band or "refused"
+            ).inc()
         return reply(result.status, result.body, result.media_type)
 
     def scored_record(
@@ -276,9 +312,11 @@ class TriageService:
         reference: str | None,
         response: bytes,
         item_request_id: str | None = None,
+        shadows: Sequence[ShadowRecord] = (),
     ) -> AuditRecord:
         """The audit row of a scored patient: the canonical request (enough to score it again),
-        the inputs as the model read them, the score, its explanation and the answer sent."""
+        the inputs as the model read them, the score, its explanation and the answer sent (and
+        the shadow versions' rows for the same record)."""
         assert score.probability is not None and score.band is not None and score.base is not None
         return AuditRecord.build(
             request_id=request_id,
@@ -298,6 +336,7 @@ class TriageService:
             band=score.band,
             base=score.base,
             contributions=score.contributions,
+            shadows=shadows,
         )
 
     def refused_record(
@@ -312,9 +351,11 @@ class TriageService:
         reference: str | None,
         response: bytes,
         item_request_id: str | None = None,
+        shadows: Sequence[ShadowRecord] = (),
     ) -> AuditRecord:
         """The audit row of a refusal (a clinical decision point too): its reason codes, no
-        score."""
+        score (and the shadow versions' rows, when the champion refused on its own
+        eligibility)."""
         return AuditRecord.build(
             request_id=request_id,
             item=item,
@@ -329,6 +370,7 @@ class TriageService:
             model_version=served.version if served else None,
             run_id=served.run_id if served else None,
             patient_pseudonym=self.pseudonym(reference),
+            shadows=shadows,
         )
 
 

@@ -76,17 +76,20 @@ def audit_export(
 
 @audit_app.command("replay")
 def audit_replay(workdir: WorkdirOption = WORKDIR) -> None:
-    """Re-score every scored row with its released predictor version: outputs must be identical."""
+    """Re-score every scored row (and shadow row) with its released predictor version: outputs
+    must be identical."""
     use_bentoml_store(workdir)
     import bentoml
 
-    from serving.audit_replay import predictors_by_version, replay_rows
+    from serving.audit_replay import predictors_by_version, replay_rows, replay_shadow_rows
     from serving.release import BUNDLE_NAME, load_release
 
     served = load_release(Path(bentoml.models.get(f"{BUNDLE_NAME}:latest").path))
     store = _open_store(workdir)
     try:
-        report = replay_rows(store.rows(), predictors_by_version(served))
+        predictors = predictors_by_version(served)
+        report = replay_rows(store.rows(), predictors)
+        report += replay_shadow_rows(store.shadow_rows(), predictors)
     finally:
         store.close()
     console = make_console()
@@ -94,7 +97,8 @@ def audit_replay(workdir: WorkdirOption = WORKDIR) -> None:
     console.print(f"re-scored {report.checked:,} rows; skipped: {skipped}")
     for miss in report.mismatches[:20]:
         console.print(
-            f"[red]seq {miss.seq} request {miss.request_id} item {miss.item}: {miss.output} "
+            f"[red]seq {miss.seq} request {miss.request_id} item {miss.item}"
+            f"{f' shadow {miss.shadow}' if miss.shadow else ''}: {miss.output} "
             f"stored {miss.stored!r}, re-scored {miss.rescored!r}[/red]"
         )
     if not report.ok:

@@ -422,13 +422,17 @@ def serve(
         raise typer.Exit(code=2)
     from models.predictor import ArtifactError
     from serving.release import verify_store_release
+    from serving.shadow import ShadowConfigError, resolve_shadows
 
     try:  # a tampered artifact must stop the start, not send workers into a restart loop
         served = verify_store_release()
         make_console().print(
             "verified: " + ", ".join(f"{n} v{m.version}" for n, m in served.items())
         )
-    except ArtifactError as error:
+        shadows = resolve_shadows(served, config.shadows)  # the workers' own check (not ready)
+        for found in shadows.values():
+            make_console().print("shadows: " + ", ".join(f"{s.name} v{s.version}" for s in found))
+    except (ArtifactError, ShadowConfigError) as error:
         make_console().print(f"[red]refusing to serve: {error}[/red]")
         raise typer.Exit(code=3) from None
     except LookupError as error:  # start anyway: /readyz stays failing and says why
