@@ -1,15 +1,18 @@
 """A simulated deployment: a simulated cohort's evaluation years go through a live server as FHIR
-Bundles (`asOf` = the referral day, as an evaluator replaying history sends them), the
-registry's diagnoses arrive later as an outcomes file, and `triage monitor` must give the same
-realised numbers as replay's evaluation of the same referrals, computed offline from the cohort
-(its own `cancer` column, its own scoring path)."""
+Bundles (`asOf` = the referral day, as an evaluator replaying history sends them), with a second
+version scoring silently beside the champion (`TRIAGE_SHADOW`); the registry's diagnoses arrive
+later as an outcomes file, and `triage monitor` must give, for the champion and for the shadow,
+the same realised numbers as replay's evaluation of the same referrals by the same two versions,
+computed offline from the cohort (its own `cancer` column, its own scoring path)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from datetime import UTC, date, datetime, timedelta
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,81 +21,75 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.analytes import CATALOGUE
 from serving.audit import pseudonymise
 from serving.server import Server
 from tests.serving.conftest import API_KEY, LOG_DIR, Released
+from tests.small_specs import small_cohort_spec
+from training.fit.train import TrainOptions, train_model
 from training.monitor.audit_rows import Window
+from training.monitor.deployment import registry_outcomes, send_referrals
 from training.monitor.run import MonitorOptions, monitor
+from training.registry.promote import promote
+from training.registry.runs import log_training
+from training.registry.store import Tracking
 from training.replay.options import ReplayOptions
 from training.replay.run import replay
 
 MODEL = "any_cancer"
+SHADOW = f"{MODEL}@challenger"
+RELEASE = """
+import sys
+from serving.release import release_champions
+release_champions(sys.argv[1], extra=[sys.argv[2]])
+"""
 HMAC_KEY = "monitor-test-hmac-5d1c"
 N_REFERRALS = 900
 N_BOOT, SEED = 50, 11
 TODAY = datetime.now(UTC).date()
 
 
-def bundle(row: pd.Series, as_of: date, sample: date) -> dict[str, Any]:
-    """One referral as an EHR would send it: its Patient and a LOINC/UCUM Observation per result
-    (haemoglobin in the unit the cohort recorded)."""
-    birth = as_of.replace(year=as_of.year - int(row["age"]))
-    patient = {"resourceType": "Patient", "id": f"p{row['patient_id']}", "gender": row["sex"],
-               "birthDate": birth.isoformat()}  # fmt: skip
-    entries = [{"resource": patient}]
-    for analyte in CATALOGUE:
-        code = analyte.code
-        if code not in row or pd.isna(row[code]):
-            continue
-        unit = str(row.get(f"{code}_unit") or analyte.unit)
-        entries.append({"resource": {
-            "resourceType": "Observation", "id": f"o{row['referral_id']}-{code.replace('_', '-')}",
-            "status": "final", "subject": {"reference": f"Patient/p{row['patient_id']}"},
-            "code": {"coding": [{"system": "http://loinc.org", "code": analyte.loinc}]},
-            "effectiveDateTime": sample.isoformat(),
-            "valueQuantity": {"value": float(row[code]), "unit": unit,
-                              "system": "http://unitsofmeasure.org", "code": unit},
-        }})  # fmt: skip
-    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
-
-
-def query(row: pd.Series, as_of: date) -> dict[str, str]:
-    return {"model": MODEL, "pathway": str(row["pathway"]), "asOf": as_of.isoformat()}
+def release_with_shadow(released: Released, root: Path) -> Tracking:
+    """A registry and BentoML store of their own: the session's any_cancer as v1 (champion) and
+    another, trained with another seed, as v2 (challenger), released with `--pin` (in a child
+    process: the session's BentoML store stays as it was)."""
+    tracking = Tracking(root / "registry")
+    log_training(released.results[MODEL], tracking)
+    promote(tracking, released.results[MODEL].spec, "1", override_reason="test fixture")
+    cohort = released.tracking.workdir.parent / "cohort"
+    other = train_model(small_cohort_spec(MODEL), TrainOptions(cohort, n_boot=10, seed=99))
+    assert str(log_training(other, tracking).version) == "2"
+    env = {**os.environ, "BENTOML_HOME": str(root / "bentoml")}
+    done = subprocess.run([sys.executable, "-c", RELEASE, tracking.uri, SHADOW], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return tracking
 
 
 @pytest.fixture(scope="module")
 def deployment(released: Released, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Referrals of the evaluation years (one per patient) scored through a live server, then
-    a few recent ones whose horizon is still open."""
+    """Referrals of the evaluation years (one per patient) scored through a live server with a
+    shadow, then a few recent ones, pinned to v1 (no shadow), whose horizon is still open."""
     root = tmp_path_factory.mktemp("deployment")
+    tracking = release_with_shadow(released, root)
     spec = released.results[MODEL].spec
     cohort = released.cohort
     later = cohort.loc[pd.to_datetime(cohort["index_date"]).dt.date >= spec.split.evaluate.start]
     rows = later.drop_duplicates("patient_id").head(N_REFERRALS).reset_index(drop=True)
     env = {**os.environ, "TRIAGE_HOME": str(root / "var"), "TRIAGE_API_KEYS": API_KEY,
-           "TRIAGE_HMAC_KEY": HMAC_KEY}  # fmt: skip
+           "TRIAGE_HMAC_KEY": HMAC_KEY, "BENTOML_HOME": str(root / "bentoml"),
+           "TRIAGE_SHADOW": SHADOW}  # fmt: skip
     server = Server(env, log=LOG_DIR / "monitor-server.log")
-    statuses = []
     try:
         server.start()
         with httpx.Client(base_url=server.url, headers={"X-API-Key": API_KEY}) as client:
-            for _, row in rows.iterrows():
-                as_of = pd.Timestamp(row["index_date"]).date()
-                sample = pd.Timestamp(row["sample_date"]).date()
-                answer = client.post("/v1/fhir/score", json=bundle(row, as_of, sample),
-                                     params=query(row, as_of))  # fmt: skip
-                statuses.append((row["patient_id"], answer.status_code))
-            recent = rows.tail(12)
-            for _, row in recent.iterrows():  # scored this month: horizons not yet elapsed
-                as_of = TODAY - timedelta(days=10)
-                answer = client.post("/v1/fhir/score", json=bundle(row, as_of, as_of),
-                                     params=query(row, as_of))  # fmt: skip
-                statuses.append((row["patient_id"], answer.status_code))
+            statuses = send_referrals(client, rows, MODEL)
+            # scored ten days ago, pinned to v1 (so no shadow): horizons not yet elapsed
+            statuses += send_referrals(client, rows.tail(12), f"{MODEL}/1",
+                                       as_of=TODAY - timedelta(days=10))  # fmt: skip
     finally:
         server.stop()
     rows.to_parquet(root / "history.parquet")
-    return {"root": root, "rows": rows, "statuses": statuses,
+    return {"root": root, "rows": rows, "statuses": statuses, "tracking": tracking,
             "audit_url": f"sqlite:///{root / 'var' / 'serving' / 'audit.db'}"}  # fmt: skip
 
 
@@ -101,12 +98,8 @@ def outcomes_file(rows: pd.DataFrame, scored: set[Any], path: Path) -> dict[str,
     a real extract brings: a repeat, a year-only date, a text that is no date, a patient never
     scored, a blank reference. Returns the counts the monitor must report per reason (`scored`:
     the patients the server scored at least once; the others' diagnoses match no score)."""
+    frame = registry_outcomes(rows)
     diagnosed = rows.loc[rows["diagnosis_date"].notna()]
-    frame = pd.DataFrame({
-        "patient_reference": [f"Patient/p{p}" for p in diagnosed["patient_id"]],
-        "diagnosis_date": pd.to_datetime(diagnosed["diagnosis_date"]).dt.strftime("%Y-%m-%d"),
-        "site": diagnosed["cancer_site"].astype("string").fillna(""),
-    })  # fmt: skip
     control = rows.loc[rows["diagnosis_date"].isna(), "patient_id"].iloc[0]
     noise = pd.DataFrame({
         "patient_reference": [frame["patient_reference"].iloc[0], f"Patient/p{control}",
@@ -125,18 +118,18 @@ def outcomes_file(rows: pd.DataFrame, scored: set[Any], path: Path) -> dict[str,
 def test_monitor_realised_metrics_equal_replay_of_the_same_referrals(
     deployment: dict[str, Any], released: Released
 ) -> None:
-    root, rows = deployment["root"], deployment["rows"]
+    root, rows, tracking = deployment["root"], deployment["rows"], deployment["tracking"]
     statuses = deployment["statuses"]
     assert {status for _, status in statuses} == {200, 422}, "scores and coded refusals only"
     scored = {patient for patient, status in statuses if status == 200}
     expected_reasons = outcomes_file(rows, scored, root / "outcomes.csv")
     spec = released.results[MODEL].spec
-    result = monitor(released.tracking, MonitorOptions(
+    result = monitor(tracking, MonitorOptions(
         model=MODEL, out=root / "monitor", audit_url=deployment["audit_url"], hmac_key=HMAC_KEY,
         window=Window(None, None, spec.split.time_zone), policy=spec,
         outcomes=root / "outcomes.csv", follow_up_end=TODAY, n_boot=N_BOOT, seed=SEED,
     ))  # fmt: skip
-    replayed = replay(released.tracking, [f"{MODEL}/1"], ReplayOptions(
+    replayed = replay(tracking, [f"{MODEL}/1", f"{MODEL}/2"], ReplayOptions(
         cohort=root / "history.parquet", out=root / "replay", n_boot=N_BOOT, seed=SEED,
     ))  # fmt: skip
     report = result.report
@@ -144,20 +137,34 @@ def test_monitor_realised_metrics_equal_replay_of_the_same_referrals(
     assert linked["excluded"] == expected_reasons
     recent_scored = sum(status == 200 for _, status in statuses[-12:])
     assert linked["scores_open"] == recent_scored  # the recent requests, horizons not elapsed
-    offline = replayed.models[0].evaluation
-    realised = report["versions"][0]["realised"]
-    assert report["versions"][0]["role"] == "served"
-    assert offline is not None and realised is not None
-    tally = replayed.models[0].summary.tally
-    assert realised["n"] == int(tally.loc[tally["status"] == "scored", "count"].sum())
-    for key in ("n", "n_patients", "events", "prevalence", "auc", "brier", "calibration",
-                "thresholds", "by_period", "net_benefit", "net_benefit_at"):  # fmt: skip
-        assert _same(realised[key], offline[key]), key
-    mine = {(r["column"], r["level"]): r for r in realised["subgroups"]["rows"]}
-    theirs = {(r["column"], r["level"]): r for r in offline["subgroups"]["rows"]
-              if r["column"] in {"sex", "age_band"}}  # fmt: skip
-    assert theirs and all(_same(mine[k], v) for k, v in theirs.items())
-    assert realised["events"] > 0
+    blocks = {(b["role"], b["version"]): b for b in report["versions"]}
+    assert set(blocks) == {("served", "1"), ("shadow", "2")}
+    for role, version, offline in (("served", "1", replayed.models[0]),
+                                   ("shadow", "2", replayed.models[1])):  # fmt: skip
+        realised = blocks[(role, version)]["realised"]
+        assert offline.evaluation is not None and realised is not None
+        tally = offline.summary.tally
+        assert realised["n"] == int(tally.loc[tally["status"] == "scored", "count"].sum())
+        for key in ("n", "n_patients", "events", "prevalence", "auc", "brier", "calibration",
+                    "thresholds", "by_period", "net_benefit", "net_benefit_at"):  # fmt: skip
+            assert _same(realised[key], offline.evaluation[key]), (role, key)
+        mine = {(r["column"], r["level"]): r for r in realised["subgroups"]["rows"]}
+        theirs = {(r["column"], r["level"]): r for r in offline.evaluation["subgroups"]["rows"]
+                  if r["column"] in {"sex", "age_band"}}  # fmt: skip
+        assert theirs and all(_same(mine[k], v) for k, v in theirs.items())
+        assert realised["events"] > 0
+    (agreement,) = report["shadow_agreement"]
+    paired = pd.read_parquet(root / "replay" / f"scores_{MODEL}_v1.parquet").merge(
+        pd.read_parquet(root / "replay" / f"scores_{MODEL}_v2.parquet"),
+        on=["patient_id", "referral_id"],
+        suffixes=("_1", "_2"),
+    )
+    both = paired.loc[(paired["status_1"] == "scored") & (paired["status_2"] == "scored")]
+    expected = pd.crosstab(both["band_1"], both["band_2"])
+    assert agreement["both_scored"] == len(both)
+    for served_band, row in expected.iterrows():
+        for shadow_band, count in row.items():
+            assert agreement["bands"][served_band][shadow_band] == count
     json.loads((root / "monitor" / "monitor.json").read_text())  # written, valid JSON
 
 

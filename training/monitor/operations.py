@@ -20,8 +20,7 @@ import pandas as pd
 from models.spec_policy import MonitoringPolicy
 from models.triage import BANDS
 from training.evaluation import drift
-
-INPUT_PREFIX = "in__"
+from training.monitor.audit_rows import INPUT_PREFIX
 
 
 def weekly_volumes(served: pd.DataFrame) -> list[dict[str, Any]]:
@@ -46,24 +45,28 @@ def weekly_volumes(served: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def _code_rates(frame: pd.DataFrame, column: str, totals: pd.Series) -> pd.DataFrame:
-    """Per week and code: how many rows carry the code and their share of `totals[week]`."""
-    codes = frame[["week", column]].explode(column).dropna()
+def _code_rates(codes: pd.DataFrame, weeks: pd.Series, totals: pd.Series) -> pd.DataFrame:
+    """Per week and code: how many rows carry the code and their share of `totals[week]`
+    (`weeks`: each seq's week)."""
     if codes.empty:
         return pd.DataFrame(columns=["week", "code", "count", "rate"])
-    counts = codes.groupby(["week", column]).size().rename("count").reset_index()
-    counts = counts.rename(columns={column: "code"})
+    found = codes.assign(week=codes["seq"].map(weeks))
+    counts = found.groupby(["week", "code"]).size().rename("count").reset_index()
     counts["rate"] = counts["count"] / counts["week"].map(totals)
     return counts.sort_values(["week", "code"], kind="stable").reset_index(drop=True)
 
 
-def code_rates(served: pd.DataFrame, policy: MonitoringPolicy) -> dict[str, Any]:
+def code_rates(
+    served: pd.DataFrame, codes: pd.DataFrame, policy: MonitoringPolicy
+) -> dict[str, Any]:
     """Refusal codes per week (share of the week's requests) and warning codes (share of the
     week's scores), with the weeks that cross the policy's rates (given enough requests)."""
     requests = served.groupby("week").size()
     scored = served.loc[served["outcome"] == "scored"]
-    refusals = _code_rates(served.loc[served["outcome"] == "refused"], "codes", requests)
-    warnings = _code_rates(scored, "warnings", scored.groupby("week").size())
+    weeks = served.set_index("seq")["week"]
+    refusals = _code_rates(codes.loc[codes["kind"] == "refusal"], weeks, requests)
+    warned = codes.loc[(codes["kind"] == "warning") & codes["seq"].isin(scored["seq"])]
+    warnings = _code_rates(warned, weeks, scored.groupby("week").size())
     busy = set(requests[requests >= policy.min_week_requests].index)
     refusal_weeks = served.assign(refused=served["outcome"] == "refused").groupby("week")["refused"]
     alerts = [

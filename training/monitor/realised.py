@@ -48,13 +48,17 @@ def realised_evaluation(
     frame: pd.DataFrame, predictor: TriagePredictor, n_boot: int, seed: int
 ) -> dict[str, Any]:
     """`evaluate_model` on the realised rows with the version's own thresholds and calibration
-    (rows of the deployed population: no case-control weighting)."""
+    (rows of the deployed population: no case-control weighting). Subgroups: those of the spec
+    the audit trail can give (sex, age band), and the pathway; the others (deprivation,
+    ethnicity, lab) are not in a request and are listed as skipped."""
+    spec = predictor.spec
+    subgroups = (*spec.subgroups, *(["pathway"] if "pathway" not in spec.subgroups else []))
     return evaluate_model(
         frame.drop(columns=["band"]),
         frame["probability"].to_numpy(np.float64),
         predictor.thresholds,
         predictor.calibration,
-        predictor.spec,
+        spec.model_copy(update={"subgroups": subgroups}),
         n_boot=n_boot,
         seed=seed,
         case_control_sample=False,

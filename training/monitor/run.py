@@ -45,6 +45,10 @@ from training.replay.options import pin_model
 from training.replay.outputs import feature_kinds
 
 JSON_FILE = "monitor.json"
+LINKED_COLUMNS = [
+    "seq", "index_date", "patient_pseudonym", "outcome", "age", "sex", "pathway", "probability",
+    "band",
+]  # fmt: skip
 HTML_FILE = "monitor.html"
 
 
@@ -74,6 +78,15 @@ class MonitorResult:
     @property
     def nothing_audited(self) -> bool:
         return bool(self.report.get("nothing_audited"))
+
+
+def input_names(options: MonitorOptions) -> list[str]:
+    """The inputs read from the trail: every catalogue analyte and the spec's derived ones."""
+    spec = options.policy
+    return [
+        *spec.catalogue.codes,
+        *(d.name for d in spec.derived if d.name not in spec.catalogue),
+    ]
 
 
 def _versions(frames: AuditFrames) -> tuple[list[str], list[str]]:
@@ -145,7 +158,7 @@ def monitor(tracking: Tracking, options: MonitorOptions) -> MonitorResult:
     """Run every check for `options.model` and write monitor.json and monitor.html."""
     from training.monitor.report import render_monitor
 
-    frames = read_audit(options.audit_url, options.model, options.window)
+    frames = read_audit(options.audit_url, options.model, options.window, input_names(options))
     options.out.mkdir(parents=True, exist_ok=True)
     head: dict[str, Any] = {
         "model": options.model,
@@ -164,7 +177,7 @@ def monitor(tracking: Tracking, options: MonitorOptions) -> MonitorResult:
         return _write(options, MonitorResult(json_safe(empty)), render_monitor)
     served_versions, shadow_versions = _versions(frames)
     policy = options.policy.monitoring
-    codes = code_rates(frames.served, policy)
+    codes = code_rates(frames.served, frames.codes, policy)
     agreement = shadow_agreement(frames.served, frames.shadow, policy)
     alerts = [*codes["alerts"], *(a["alert"] for a in agreement)]
     outcomes: Outcomes | None = None
@@ -194,7 +207,7 @@ def monitor(tracking: Tracking, options: MonitorOptions) -> MonitorResult:
             linked = None
             if outcomes is not None:
                 result = link_outcomes(
-                    rows,
+                    rows[LINKED_COLUMNS],
                     outcomes,
                     horizon,
                     end,
@@ -223,7 +236,7 @@ def monitor(tracking: Tracking, options: MonitorOptions) -> MonitorResult:
     }
     if outcomes is not None:
         scored = frames.served.loc[frames.served["outcome"] == "scored"]
-        link_outcomes(scored, outcomes, horizon, end, count_unmatched=True)
+        link_outcomes(scored[LINKED_COLUMNS], outcomes, horizon, end, count_unmatched=True)
         report["outcomes"] = _outcome_summary(outcomes, linked_frames[: len(served_versions)], end)
     return _write(options, MonitorResult(json_safe(report)), render_monitor)
 
