@@ -58,44 +58,29 @@ def predictors_by_version(served: Mapping[str, Served]) -> dict[tuple[str, str],
 
 
 def replay_rows(
-    rows: Iterable[Mapping[str, Any]], predictors: Mapping[tuple[str, str], TriagePredictor]
+    rows: Iterable[Mapping[str, Any]],
+    predictors: Mapping[tuple[str, str], TriagePredictor],
+    *,
+    shadow: bool = False,
 ) -> ReplayReport:
     """Re-score every scored row whose model version is available; refusals and rows of other
-    versions are counted as skipped (a refusal has no score to compare)."""
+    versions are counted as skipped (a refusal has no score to compare). `shadow`: the rows are
+    shadow rows (`AuditStore.shadow_rows`, each with its served row's request), each re-scored
+    by its own version; skips are counted as "shadow ..." and mismatches name the version."""
     checked, skipped, mismatches = 0, Counter[str](), list[ReplayMismatch]()
+    prefix = "shadow " if shadow else ""
     for row in rows:
         if row["outcome"] != "scored":
-            skipped["refused"] += 1
+            skipped[f"{prefix}refused"] += 1
             continue
         predictor = predictors.get((row["model_name"], row["model_version"]))
         if predictor is None:
-            skipped[f"{row['model_name']} v{row['model_version']} not loaded"] += 1
+            skipped[f"{prefix}{row['model_name']} v{row['model_version']} not loaded"] += 1
             continue
         request = json.loads(row["request"])
         score = predictor.score(request["record"], pathway=request["pathway"])
-        mismatches.extend(_compare(row, score, (int(row["seq"]), row["request_id"], row["item"])))
-        checked += 1
-    return ReplayReport(checked, skipped, mismatches)
-
-
-def replay_shadow_rows(
-    rows: Iterable[Mapping[str, Any]], predictors: Mapping[tuple[str, str], TriagePredictor]
-) -> ReplayReport:
-    """`replay_rows` for shadow rows (`AuditStore.shadow_rows`: each with its served row's
-    request): each scored one re-scored by its own version; skips are counted as "shadow ..."."""
-    checked, skipped, mismatches = 0, Counter[str](), list[ReplayMismatch]()
-    for row in rows:
-        ref = f"{row['model_name']}/{row['model_version']}"
-        if row["outcome"] != "scored":
-            skipped["shadow refused"] += 1
-            continue
-        predictor = predictors.get((row["model_name"], row["model_version"]))
-        if predictor is None:
-            skipped[f"shadow {row['model_name']} v{row['model_version']} not loaded"] += 1
-            continue
-        request = json.loads(row["request"])
-        score = predictor.score(request["record"], pathway=request["pathway"])
-        where = (int(row["trail_seq"]), row["request_id"], row["item"])
+        where = (int(row["trail_seq" if shadow else "seq"]), row["request_id"], row["item"])
+        ref = f"{row['model_name']}/{row['model_version']}" if shadow else None
         mismatches.extend(_compare(row, score, where, shadow=ref))
         checked += 1
     return ReplayReport(checked, skipped, mismatches)

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from models.analytes import CATALOGUE
 from serving.audit import AuditRecord, AuditStore, pseudonymise
+from tests.serving.audit_support import fresh_postgres, postgres_url
 from tests.serving.conftest import Released
 from training.cli import app
 from training.monitor.outcomes import OutcomesError, read_outcomes
@@ -194,3 +195,19 @@ def test_an_outcomes_file_missing_a_column_names_it(tmp_path: Path) -> None:
     path.write_text("patient,diagnosis_date\np1,2016-01-01\n")
     with pytest.raises(OutcomesError, match=r"unknown column.*patient.*missing.*patient_reference"):
         read_outcomes(path, HMAC_KEY, date(2026, 1, 1), "Europe/London")
+
+
+def test_a_postgresql_store_gives_the_same_report(
+    stores: dict[str, str], released: Released, tmp_path: Path
+) -> None:
+    """The store of several servers: the same rows in PostgreSQL, the same monitor.json."""
+    with fresh_postgres(postgres_url()) as url:
+        write_store(url, released, [(date(2026, 9, 14), 1.0), (date(2026, 10, 12), 1.0)], 400)
+        on_postgres = invoke(tmp_path / "pg", released, url)
+    on_sqlite = invoke(tmp_path / "sqlite", released, stores["steady"])
+    assert on_postgres.exit_code == on_sqlite.exit_code == 0, on_postgres.output
+    reports = [json.loads((tmp_path / kind / "out" / "monitor.json").read_text())
+               for kind in ("pg", "sqlite")]  # fmt: skip
+    for report in reports:
+        assert report.pop("audit_store")
+    assert reports[0] == reports[1]

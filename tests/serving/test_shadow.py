@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from serving.audit import AuditStore
-from serving.audit_replay import predictors_by_version, replay_rows, replay_shadow_rows
+from serving.audit_replay import predictors_by_version, replay_rows
 from serving.audit_schema import SHADOW
 from serving.examples import EXAMPLE_PATIENT, fhir_bundle
 from serving.middleware import current_config
@@ -226,8 +226,8 @@ def test_shadows_change_no_answer_and_audit_what_the_shadow_version_gives(
     assert report.ok and report.shadows == len(rows), report.describe()
     assert f"{len(rows):,} shadow rows" in report.describe()
     predictors = predictors_by_version(release)
-    replayed = replay_rows(store.rows(), predictors) + replay_shadow_rows(
-        store.shadow_rows(), predictors
+    replayed = replay_rows(store.rows(), predictors) + replay_rows(
+        store.shadow_rows(), predictors, shadow=True
     )
     scored = [r for r in [*trail.values(), *rows] if r["outcome"] == "scored"]
     assert replayed.ok and replayed.checked == len(scored), replayed
@@ -237,7 +237,7 @@ def test_shadows_change_no_answer_and_audit_what_the_shadow_version_gives(
     with store.engine.begin() as connection:
         connection.execute(sa.update(SHADOW).where(SHADOW.c.trail_seq == edited["trail_seq"])
                            .values(probability=edited["probability"] / 2))  # fmt: skip
-    replayed = replay_shadow_rows(store.shadow_rows(), predictors)
+    replayed = replay_rows(store.shadow_rows(), predictors, shadow=True)
     assert [(m.seq, m.shadow, m.output) for m in replayed.mismatches] == [
         (edited["trail_seq"], "lower_gi/2", "probability")]  # fmt: skip
     assert store.verify().problem == "shadow_changed"

@@ -81,7 +81,7 @@ def audit_replay(workdir: WorkdirOption = WORKDIR) -> None:
     use_bentoml_store(workdir)
     import bentoml
 
-    from serving.audit_replay import predictors_by_version, replay_rows, replay_shadow_rows
+    from serving.audit_replay import predictors_by_version, replay_rows
     from serving.release import BUNDLE_NAME, load_release
 
     served = load_release(Path(bentoml.models.get(f"{BUNDLE_NAME}:latest").path))
@@ -89,7 +89,7 @@ def audit_replay(workdir: WorkdirOption = WORKDIR) -> None:
     try:
         predictors = predictors_by_version(served)
         report = replay_rows(store.rows(), predictors)
-        report += replay_shadow_rows(store.shadow_rows(), predictors)
+        report += replay_rows(store.shadow_rows(), predictors, shadow=True)
     finally:
         store.close()
     console = make_console()

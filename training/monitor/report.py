@@ -254,7 +254,7 @@ def _agreement(report: Mapping[str, Any]) -> str:
         return _section("Shadow models", note("No shadow scores in this window."))
     parts = []
     for entry in found:
-        cross = [[f"served {r}", *(str(entry["bands"][r][c]) for c in BANDS)] for r in BANDS]
+        cross = [[f"served {r}", *(f"{entry['bands'][r][c]:,}" for c in BANDS)] for r in BANDS]
         diff = entry.get("difference") or {}
         text = (
             f"shadow v{entry['shadow_version']} against served "
@@ -268,7 +268,7 @@ def _agreement(report: Mapping[str, Any]) -> str:
             + table(["", *(f"shadow {c}" for c in BANDS)], cross)
             + table(
                 ["probability difference (shadow - served)", "value"],
-                [[k, number_text(v)] for k, v in diff.items()],
+                [[k, number_text(v, 4)] for k, v in diff.items()],
             )
         )
     return _section("Shadow models: agreement with the served answers", "".join(parts))
@@ -311,10 +311,11 @@ def render_monitor(report: Mapping[str, Any]) -> str:
             + _versions(report)
         )
     policy = [[k, str(v)] for k, v in (report.get("policy") or {}).items()]
+    thresholds = table(["threshold", "value"], policy)
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}'
         f"</title><style>{REPORT_CSS}</style></head><body><h1>{escape(title)}</h1>"
-        f"{table(['', ''], facts)}{body}"
-        f"{_section('Alert thresholds (spec monitoring block)', table(['', ''], policy))}"
+        f"{table(['run', ''], facts)}{body}"
+        f"{_section('Alert thresholds (spec monitoring block)', thresholds)}"
         "</body></html>"
     )

@@ -166,6 +166,7 @@ def monitor(tracking: Tracking, options: MonitorOptions) -> MonitorResult:
         "audit_store": _masked(options.audit_url),
         "policy": options.policy.monitoring.model_dump(mode="json"),
         "policy_source": f"spec {options.policy.name} (monitoring block)",
+        "bootstrap": {"n_boot": options.n_boot, "seed": options.seed},
     }
     if frames.served.empty:
         empty = {
