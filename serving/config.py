@@ -40,6 +40,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+HMAC_KEY_FILE = Path("serving") / "hmac.key"  # under the work folder
 
 # Longer than the idle timeout of the usual clients and gateways (httpx 5 s, nginx upstream
 # keepalive 60 s, AWS ALB 60 s), so the client always closes an idle connection first. Were the
@@ -120,13 +121,10 @@ class ServingConfig(BaseModel):
         hashes += [hash_key(k.strip()) for k in env.get("TRIAGE_API_KEYS", "").split(",")]
         body_limit = env.get("TRIAGE_MAX_BODY_BYTES")
         shadow = env.get("TRIAGE_SHADOW", "")
-        audit_url = env.get("TRIAGE_AUDIT_URL") or (
-            f"sqlite:///{(home / 'serving' / 'audit.db').resolve()}"
-        )
         return cls(
             api_key_hashes=tuple(sorted({h for h in hashes if h and h != hash_key("")})),
             hmac_key=SecretStr(env.get("TRIAGE_HMAC_KEY") or local_hmac_key(home)),
-            audit_url=audit_url,
+            audit_url=audit_url(env),
             max_batch=int(env.get("TRIAGE_MAX_BATCH", 100)),
             max_body_bytes=int(body_limit) if body_limit else None,
             rate_limit_per_minute=int(env.get("TRIAGE_RATE_LIMIT", 0)),
@@ -135,13 +133,29 @@ class ServingConfig(BaseModel):
         )
 
 
+def audit_url(env: Mapping[str, str]) -> str:
+    """`TRIAGE_AUDIT_URL`, else the SQLite file in the work folder (`TRIAGE_HOME`)."""
+    home = Path(env.get("TRIAGE_HOME", "var"))
+    return env.get("TRIAGE_AUDIT_URL") or f"sqlite:///{(home / 'serving' / 'audit.db').resolve()}"
+
+
+def existing_hmac_key(env: Mapping[str, str]) -> str | None:
+    """The server's pseudonymisation key as a reader of its audit trail finds it
+    (`TRIAGE_HMAC_KEY`, else the work folder's key file), never making one: a new key would
+    pseudonymise nothing the server wrote."""
+    if env.get("TRIAGE_HMAC_KEY"):
+        return env["TRIAGE_HMAC_KEY"]
+    path = Path(env.get("TRIAGE_HOME", "var")) / HMAC_KEY_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
 def local_hmac_key(home: Path) -> str:
     """A random pseudonymisation key kept (mode 0600) in the work folder, made on first use.
 
     Keeping it stable keeps one patient's pseudonym stable across restarts on this machine;
     production sets TRIAGE_HMAC_KEY from a secret store instead.
     """
-    path = home / "serving" / "hmac.key"
+    path = home / HMAC_KEY_FILE
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -211,3 +211,21 @@ def test_a_postgresql_store_gives_the_same_report(
     for report in reports:
         assert report.pop("audit_store")
     assert reports[0] == reports[1]
+
+
+def test_outcomes_need_the_servers_own_key(
+    stores: dict[str, str], released: Released, tmp_path: Path
+) -> None:
+    """Another key would pseudonymise nothing the server wrote: every outcome would fail to
+    link. The newest row's MAC tells, so the run stops and says why (and makes no key file)."""
+    path = tmp_path / "outcomes.csv"
+    path.write_text("patient_reference,diagnosis_date,site\npatient-1,2026-10-01,lung\n")
+    arguments = ["monitor", "--model", MODEL, "--out", str(tmp_path / "out"), "--audit-url",
+                 stores["steady"], "--workdir", str(tmp_path / "var"), "--tracking-uri",
+                 released.tracking.uri, "--outcomes", str(path)]  # fmt: skip
+    wrong = runner.invoke(app, arguments, env={"TRIAGE_HMAC_KEY": "not-the-servers-key"})
+    assert wrong.exit_code == 2 and "does not verify" in wrong.output, wrong.output
+    none = runner.invoke(app, arguments, env={"TRIAGE_HMAC_KEY": ""})
+    assert none.exit_code == 2 and "no HMAC key" in none.output, none.output
+    assert not (tmp_path / "var" / "serving" / "hmac.key").exists()
+    assert not (tmp_path / "out" / "monitor.json").exists()

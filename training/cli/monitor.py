@@ -62,18 +62,19 @@ def monitor(
     request for the model in the window. 2: unusable input (e.g. an outcomes file's columns).
     """
     from models.spec import load_spec
-    from serving.config import ServingConfig
+    from serving.config import audit_url as default_audit_url
+    from serving.config import existing_hmac_key
     from training.monitor.audit_rows import Window
     from training.monitor.run import MonitorOptions
     from training.monitor.run import monitor as run_monitor
 
-    config = ServingConfig.from_env({**os.environ, "TRIAGE_HOME": str(workdir)})
+    env = {**os.environ, "TRIAGE_HOME": str(workdir)}
     policy = load_spec(spec or model)
     options = MonitorOptions(
         model=model,
         out=out,
-        audit_url=audit_url or config.audit_url,
-        hmac_key=config.hmac_key.get_secret_value(),
+        audit_url=audit_url or default_audit_url(env),
+        hmac_key=existing_hmac_key(env),
         window=Window(
             start.date() if start else None, end.date() if end else None, policy.split.time_zone
         ),

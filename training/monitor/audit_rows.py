@@ -27,6 +27,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 import sqlalchemy as sa
 
+from serving.audit_chain import chain_key, row_mac
+
 PAGE_ROWS = 100_000
 SERVED_COLUMNS = (
     "seq",
@@ -194,6 +196,36 @@ def shadow_frame(rows: Sequence[sa.Row[Any]], input_names: Sequence[str]) -> pd.
         }
     )
     return pd.concat([frame, _inputs(raw["inputs"], input_names)], axis=1)
+
+
+def key_problem(url: str, hmac_key: str) -> str | None:
+    """Why `hmac_key` cannot be the key the server audited with (its pseudonyms would match
+    none of the trail's), or None: the newest trail row's MAC, which the server computed with a
+    key derived from its own (`serving.audit_chain`), verifies (or the trail is empty)."""
+    engine = sa.create_engine(url)
+    try:
+        tables = sa.MetaData()
+        tables.reflect(engine, only=lambda name, _: name == "audit_trail")
+        if "audit_trail" not in tables.tables:
+            return None
+        trail = tables.tables["audit_trail"]
+        with engine.connect() as connection:
+            newest = connection.execute(
+                sa.select(trail).order_by(trail.c.seq.desc()).limit(1)
+            ).first()
+    finally:
+        engine.dispose()
+    if newest is None:
+        return None
+    row = dict(newest._mapping)
+    if row_mac(chain_key(hmac_key), row["prev_mac"], row) == row["mac"]:
+        return None
+    return (
+        "the HMAC key given does not verify the audit trail's newest row, so it is not the key "
+        "the server pseudonymised patients with: no outcome would link. Give the server's key "
+        "(TRIAGE_HMAC_KEY, or the work folder's serving/hmac.key); if it is the server's, the "
+        "row was altered: run `triage audit verify`"
+    )
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from models.predictor import TriagePredictor
 from models.spec import ModelSpec
 from training.evaluation.formatting import escape
 from training.json_files import json_safe, write_json
-from training.monitor.audit_rows import AuditFrames, Window, read_audit
+from training.monitor.audit_rows import AuditFrames, Window, key_problem, read_audit
 from training.monitor.operations import (
     code_rates,
     drift_alerts,
@@ -33,7 +33,7 @@ from training.monitor.operations import (
     shadow_agreement,
     weekly_volumes,
 )
-from training.monitor.outcomes import Outcomes, link_outcomes, read_outcomes
+from training.monitor.outcomes import Outcomes, OutcomesError, link_outcomes, read_outcomes
 from training.monitor.realised import (
     evaluation_frame,
     monthly_table,
@@ -57,7 +57,7 @@ class MonitorOptions:
     model: str
     out: Path
     audit_url: str
-    hmac_key: str
+    hmac_key: str | None  # the server's (needed with outcomes)
     window: Window
     policy: ModelSpec  # the spec whose `monitoring` block sets the alert thresholds
     outcomes: Path | None = None
@@ -184,6 +184,15 @@ def monitor(tracking: Tracking, options: MonitorOptions) -> MonitorResult:
     outcomes: Outcomes | None = None
     end = options.follow_up_end or date.today()
     if options.outcomes is not None:
+        problem = (
+            "no HMAC key: linking outcomes needs the server's (TRIAGE_HMAC_KEY, or the work "
+            "folder's serving/hmac.key)"
+            if options.hmac_key is None
+            else key_problem(options.audit_url, options.hmac_key)
+        )
+        if problem is not None:
+            raise OutcomesError(problem)
+        assert options.hmac_key is not None
         outcomes = read_outcomes(
             options.outcomes, options.hmac_key, end, options.policy.split.time_zone
         )
