@@ -23,7 +23,6 @@ import pandas as pd
 
 from models.predictor import TriagePredictor
 from models.spec import ModelSpec
-from training.evaluation.formatting import escape
 from training.json_files import json_safe, write_json
 from training.monitor.audit_rows import AuditFrames, Window, key_problem, read_audit
 from training.monitor.operations import (
@@ -260,10 +259,7 @@ def _write(options: MonitorOptions, result: MonitorResult, render: Any) -> Monit
 
 
 def _masked(url: str) -> str:
-    """The store's URL without its password."""
+    """The store's URL without its password (it parsed: the store was read through it)."""
     import sqlalchemy as sa
 
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return escape(url)
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
